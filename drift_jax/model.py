@@ -1,0 +1,366 @@
+"""Llama-3 / Qwen2-family decoder in Flax Linen: one forward for full sequences, ragged prefill and decode.
+
+Einsum letters: B batch, T query length, S key/cache length, D embed, N query heads, K kv heads,
+G query heads per kv head (N = K*G), H head dim, F mlp hidden, V vocab, L layers.
+
+The forward is pure: `forward(params, config, tokens_BxT, cache=...) -> (logits_BxTxV, cache)`.
+The KV cache (`Cache`) is an explicit pytree with per-row lengths, so one call serves
+  * a full causal sequence (no cache; optional packing with `segment_ids`),
+  * a ragged prefill or an `extend` of chosen rows (cache + `num_new_B` valid tokens per row),
+  * one decode step (T = 1).
+Row b's i-th new token sits at position cache.lengths[b] + i; it is written there and attends to
+positions <= its own. Tokens beyond num_new_B[b] are padding: never written, their outputs junk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Literal
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from drift_jax.sharding import constrain
+
+Params = Any
+Remat = Literal["none", "full", "save_matmuls"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Dimensions and numerics of a decoder; hashable so it can be a static jit argument."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    mlp_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    # ("llama3", factor, low_freq_factor, high_freq_factor, original_max_position) or
+    # ("linear", factor) or None.
+    rope_scaling: tuple | None = None
+    qkv_bias: bool = False
+    tie_embeddings: bool = False
+    max_position_embeddings: int = 4096
+    architecture: str = "qwen2"  # "llama" or "qwen2": which HF class save_hf writes.
+    param_dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype; norms, softmax and logits stay in float32
+    remat: Remat = "none"
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
+            )
+        if self.remat not in ("none", "full", "save_matmuls"):
+            raise ValueError(f"remat must be none|full|save_matmuls, got {self.remat!r}")
+
+    def replace(self, **kw) -> ModelConfig:
+        return dataclasses.replace(self, **kw)
+
+    @property
+    def num_params(self) -> int:
+        d, n, k, h, f = self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, self.mlp_dim
+        attn = d * (n + 2 * k) * h + n * h * d + (self.qkv_bias and (n + 2 * k) * h)
+        layer = attn + 3 * d * f + 2 * d
+        emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        return self.num_layers * layer + emb + d
+
+
+@flax.struct.dataclass
+class Cache:
+    """Per-layer K/V, stacked over layers, plus how many positions of each row are filled."""
+
+    k_LxBxSxKxH: jax.Array
+    v_LxBxSxKxH: jax.Array
+    lengths_B: jax.Array  # int32
+
+    @property
+    def max_length(self) -> int:
+        return self.k_LxBxSxKxH.shape[2]
+
+
+CACHE_LOGICAL = Cache(
+    k_LxBxSxKxH=("layers", "batch", "cache_length", "act_kv_heads", "head_dim"),
+    v_LxBxSxKxH=("layers", "batch", "cache_length", "act_kv_heads", "head_dim"),
+    lengths_B=("batch",),
+)
+
+
+def init_cache(config: ModelConfig, batch: int, max_length: int, dtype: Any = None) -> Cache:
+    shape = (config.num_layers, batch, max_length, config.num_kv_heads, config.head_dim)
+    dtype = jnp.dtype(dtype or config.dtype)
+    return Cache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
+
+
+# ----------------------------------------------------------------------------- RoPE
+
+
+def rope_inv_freq(config: ModelConfig) -> jax.Array:
+    h = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+    scaling = config.rope_scaling
+    if scaling is None:
+        return inv_freq
+    if scaling[0] == "linear":
+        return inv_freq / scaling[1]
+    if scaling[0] == "llama3":
+        _, factor, low, high, old_len = scaling
+        low_wavelen, high_wavelen = old_len / low, old_len / high
+        wavelen = 2 * math.pi / inv_freq
+        scaled = jnp.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return jnp.where(medium, smoothed, scaled)
+    raise ValueError(f"unsupported rope scaling {scaling[0]!r}")
+
+
+def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    # HF's "rotate_half" layout (first half / second half), so HF weights need no permutation.
+    angles_BxTxH2 = positions_BxT[..., None].astype(jnp.float32) * inv_freq
+    cos, sin = jnp.cos(angles_BxTxH2)[:, :, None], jnp.sin(angles_BxTxH2)[:, :, None]
+    x = x_BxTxNxH.astype(jnp.float32)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BxTxNxH.dtype)
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def _param(module: nn.Module, name: str, shape: tuple, names: tuple, init=None) -> jax.Array:
+    cfg: ModelConfig = module.config
+    init = init or nn.initializers.normal(0.02)
+    return module.param(name, nn.with_logical_partitioning(init, names), shape, jnp.dtype(cfg.param_dtype))
+
+
+class RMSNorm(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = _param(self, "scale", (self.config.hidden_size,), ("embed",), nn.initializers.ones)
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.config.rms_norm_eps)
+        return (x32 * scale.astype(jnp.float32)).astype(jnp.dtype(self.config.dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Step:
+    """Per-call attention context shared by all layers (broadcast through the layer scan)."""
+
+    positions_BxT: jax.Array
+    mask_BxTxS: jax.Array
+    write_pos_BxT: jax.Array | None  # None: no cache
+
+
+jax.tree_util.register_dataclass(
+    _Step, data_fields=["positions_BxT", "mask_BxTxS", "write_pos_BxT"], meta_fields=[]
+)
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD, step: _Step, kv_cache):
+        cfg = self.config
+        d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        dt = jnp.dtype(cfg.dtype)
+        wq = _param(self, "q", (d, n, h), ("embed", "heads", "head_dim"))
+        wk = _param(self, "k", (d, k, h), ("embed", "kv_heads", "head_dim"))
+        wv = _param(self, "v", (d, k, h), ("embed", "kv_heads", "head_dim"))
+        wo = _param(self, "o", (n, h, d), ("heads", "head_dim", "embed"))
+        q = jnp.einsum("BTD,DNH->BTNH", x_BxTxD, wq.astype(dt))
+        kk = jnp.einsum("BTD,DKH->BTKH", x_BxTxD, wk.astype(dt))
+        vv = jnp.einsum("BTD,DKH->BTKH", x_BxTxD, wv.astype(dt))
+        if cfg.qkv_bias:
+            zeros = nn.initializers.zeros
+            q = q + _param(self, "q_bias", (n, h), ("heads", "head_dim"), zeros).astype(dt)
+            kk = kk + _param(self, "k_bias", (k, h), ("kv_heads", "head_dim"), zeros).astype(dt)
+            vv = vv + _param(self, "v_bias", (k, h), ("kv_heads", "head_dim"), zeros).astype(dt)
+        inv_freq = rope_inv_freq(cfg)
+        q = apply_rope(q, step.positions_BxT, inv_freq)
+        kk = apply_rope(kk, step.positions_BxT, inv_freq)
+        q = constrain(q, ("batch", "length", "act_heads", "head_dim"))
+
+        if kv_cache is not None:
+            k_cache, v_cache = kv_cache
+            rows_B1 = jnp.arange(x_BxTxD.shape[0])[:, None]
+            # Out-of-range write positions (padding tokens) are dropped, never written.
+            k_cache = k_cache.at[rows_B1, step.write_pos_BxT].set(kk.astype(k_cache.dtype), mode="drop")
+            v_cache = v_cache.at[rows_B1, step.write_pos_BxT].set(vv.astype(v_cache.dtype), mode="drop")
+            keys, values, kv_cache = k_cache.astype(dt), v_cache.astype(dt), (k_cache, v_cache)
+        else:
+            keys, values = kk, vv
+
+        q_BxTxKxGxH = q.reshape(*q.shape[:2], k, n // k, h)
+        # Grouped-query attention without repeating K/V.
+        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q_BxTxKxGxH, keys, preferred_element_type=jnp.float32)
+        scores = scores / math.sqrt(h)
+        scores = jnp.where(step.mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, values).reshape(q.shape)
+        y = jnp.einsum("BTNH,NHD->BTD", out, wo.astype(dt))
+        return y, kv_cache
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD):
+        cfg = self.config
+        dt = jnp.dtype(cfg.dtype)
+        d, f = cfg.hidden_size, cfg.mlp_dim
+        gate = jnp.einsum("BTD,DF->BTF", x_BxTxD, _param(self, "gate", (d, f), ("embed", "mlp")).astype(dt))
+        up = jnp.einsum("BTD,DF->BTF", x_BxTxD, _param(self, "up", (d, f), ("embed", "mlp")).astype(dt))
+        hidden = constrain(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+        return jnp.einsum("BTF,FD->BTD", hidden, _param(self, "down", (f, d), ("mlp", "embed")).astype(dt))
+
+
+class Block(nn.Module):
+    """One pre-norm transformer layer; `__call__(carry, xs)` so it can be scanned over layers."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD, kv_cache, step: _Step):
+        h, kv_cache = Attention(self.config, name="attn")(RMSNorm(self.config, name="attn_norm")(x_BxTxD), step, kv_cache)
+        x_BxTxD = x_BxTxD + h
+        x_BxTxD = x_BxTxD + MLP(self.config, name="mlp")(RMSNorm(self.config, name="mlp_norm")(x_BxTxD))
+        return constrain(x_BxTxD, ("batch", "length", "act_embed")), kv_cache
+
+
+_REMAT_POLICIES = {
+    "full": None,
+    "save_matmuls": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Decoder(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_BxT, step: _Step, kv_cache):
+        cfg = self.config
+        embedding = _param(self, "embedding", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
+        x = jnp.take(embedding, tokens_BxT, axis=0).astype(jnp.dtype(cfg.dtype))
+        x = constrain(x, ("batch", "length", "act_embed"))
+
+        block = Block
+        if cfg.remat != "none":
+            block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+
+        def body(module, carry, layer_cache):
+            carry, layer_cache = module(carry, layer_cache, step)
+            return carry, layer_cache
+
+        scan = nn.scan(
+            body,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=0,
+            out_axes=0,
+            length=cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        x, kv_cache = scan(block(cfg, name="layers"), x, kv_cache)
+        x = RMSNorm(cfg, name="final_norm")(x)
+        if cfg.tie_embeddings:
+            head = embedding.T
+        else:
+            head = _param(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
+        logits = jnp.einsum("BTD,DV->BTV", x, head.astype(x.dtype), preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "length", "act_vocab")), kv_cache
+
+
+# ----------------------------------------------------------------------------- public functions
+
+
+def init_params(config: ModelConfig, key: jax.Array) -> Params:
+    """Random params (plain arrays). For sharded init use `sharding`-aware `init_sharded`."""
+    return nn.unbox(_boxed_init(config, key))
+
+
+def _boxed_init(config: ModelConfig, key: jax.Array):
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    step = _causal_step(tokens.shape, None, None)
+    return Decoder(config).init(key, tokens, step, None)["params"]
+
+
+def param_logical_axes(config: ModelConfig) -> Any:
+    """Pytree (matching params) of PartitionSpecs holding logical axis names."""
+    abstract = jax.eval_shape(functools.partial(_boxed_init, config), jax.random.key(0))
+    return nn.get_partition_spec(abstract)
+
+
+def init_sharded(config: ModelConfig, key: jax.Array, mesh) -> Params:
+    """Initialises params directly into their shardings (no full copy on any device)."""
+    from drift_jax import sharding
+
+    abstract = jax.eval_shape(functools.partial(init_params, config), key)
+    shardings = sharding.tree_shardings(mesh, param_logical_axes(config), abstract)
+    return jax.jit(functools.partial(init_params, config), out_shardings=shardings)(key)
+
+
+def _causal_step(shape, positions_BxT, segment_ids_BxT) -> _Step:
+    b, t = shape
+    if positions_BxT is None:
+        positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    mask = jnp.tril(jnp.ones((t, t), bool))[None]
+    if segment_ids_BxT is not None:
+        mask = mask & (segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :])
+    return _Step(positions_BxT, jnp.broadcast_to(mask, (b, t, t)), None)
+
+
+def forward(
+    params: Params,
+    config: ModelConfig,
+    tokens_BxT: jax.Array,
+    *,
+    positions_BxT: jax.Array | None = None,
+    segment_ids_BxT: jax.Array | None = None,
+    cache: Cache | None = None,
+    num_new_B: jax.Array | None = None,
+) -> tuple[jax.Array, Cache | None]:
+    """Runs the decoder. Without a cache: causal (optionally packed) forward. With a cache: appends
+    `num_new_B` (default: all T) tokens per row at the row's current length and attends to its prefix.
+    Returns float32 logits and the updated cache."""
+    tokens_BxT = jnp.asarray(tokens_BxT, jnp.int32)
+    b, t = tokens_BxT.shape
+    if cache is None:
+        step = _causal_step((b, t), positions_BxT, segment_ids_BxT)
+        logits, _ = Decoder(config).apply({"params": params}, tokens_BxT, step, None)
+        return logits, None
+    if num_new_B is None:
+        num_new_B = jnp.full((b,), t, jnp.int32)
+    s = cache.max_length
+    offsets_T = jnp.arange(t, dtype=jnp.int32)
+    positions = cache.lengths_B[:, None] + offsets_T
+    write_pos = jnp.where(offsets_T < num_new_B[:, None], positions, s)  # s = out of range: dropped
+    mask = jnp.arange(s)[None, None, :] <= positions[:, :, None]
+    step = _Step(positions, mask, write_pos)
+    logits, (k, v) = Decoder(config).apply(
+        {"params": params}, tokens_BxT, step, (cache.k_LxBxSxKxH, cache.v_LxBxSxKxH)
+    )
+    lengths = jnp.minimum(cache.lengths_B + num_new_B.astype(jnp.int32), s)
+    return logits, Cache(k, v, lengths)
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _logits_jit(params, config, tokens_BxT):
+    return forward(params, config, tokens_BxT)[0]
+
+
+def logits(params: Params, config: ModelConfig, tokens_BxT: jax.Array) -> jax.Array:
+    """Full causal forward, no cache: float32 logits [B, T, V]."""
+    return _logits_jit(params, config, jnp.asarray(tokens_BxT, jnp.int32))
