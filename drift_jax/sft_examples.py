@@ -1,0 +1,94 @@
+"""Weighted SFT examples from multi-turn trajectories: token sequences, assistant-only loss masks, weights.
+
+A trajectory's tokens are exactly what the sampler's cache held:
+  prompt_ids + response_1 + end_of_turn + feedback_1 + response_2 + end_of_turn + ... + response_T + end_of_turn
+where `feedback_t` are the chat-template tokens between one assistant turn and the next (user feedback
+message and the next assistant header). `loss_mask[t] = 1` means token t is a target (predicted from
+tokens[:t]); only assistant tokens (and their end-of-turn token) are ever targets.
+
+Supervision:
+  "terminal": only the last assistant turn (+ end of turn) is scored; everything before it, earlier
+              wrong attempts and feedback included, is context (the DRIFT reference).
+  "all":      every assistant turn is scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+Supervision = Literal["terminal", "all"]
+
+
+def trajectory_tokens(
+    prompt_ids: Sequence[int],
+    responses: Sequence[Sequence[int]],
+    feedbacks: Sequence[Sequence[int]],
+    end_of_turn: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens_T, turn_of_token_T): turn index (1-based) for assistant tokens, 0 for context tokens.
+
+    `responses[t]` may or may not end with `end_of_turn` (a truncated turn does not); one is appended
+    where missing so every assistant turn is closed as the chat template closes it.
+    `feedbacks[t]` follows response t; it has len(responses) - 1 entries (or len(responses), the last ignored).
+    """
+    if len(feedbacks) < len(responses) - 1:
+        raise ValueError(f"{len(responses)} responses need {len(responses) - 1} feedback messages, got {len(feedbacks)}")
+    tokens: list[int] = list(prompt_ids)
+    turn: list[int] = [0] * len(prompt_ids)
+    for t, response in enumerate(responses):
+        response = list(response)
+        if not response or response[-1] != end_of_turn:
+            response.append(end_of_turn)
+        tokens += response
+        turn += [t + 1] * len(response)
+        if t < len(responses) - 1:
+            tokens += list(feedbacks[t])
+            turn += [0] * len(feedbacks[t])
+    return np.asarray(tokens, np.int32), np.asarray(turn, np.int32)
+
+
+def loss_mask(turn_of_token_T: np.ndarray, supervision: Supervision = "terminal") -> np.ndarray:
+    if supervision == "terminal":
+        last = turn_of_token_T.max()
+        return (turn_of_token_T == last) & (last > 0)
+    if supervision == "all":
+        return turn_of_token_T > 0
+    raise ValueError(f"supervision must be 'terminal' or 'all', got {supervision!r}")
+
+
+def make_example(
+    trajectory: dict[str, Any],
+    weight: float,
+    *,
+    end_of_turn: int,
+    supervision: Supervision = "terminal",
+    max_length: int | None = None,
+) -> dict[str, Any] | None:
+    """One weighted example from a rollout record (see `rollouts.py`); None if it cannot fit max_length.
+
+    Sequences longer than `max_length` lose context from the left (never scored tokens), so the
+    scored turn is always kept whole; if the scored tokens alone exceed max_length it returns None.
+    """
+    tokens, turn = trajectory_tokens(
+        trajectory["prompt_ids"],
+        [t["response_ids"] for t in trajectory["turns"]],
+        [t["feedback_ids"] for t in trajectory["turns"]],
+        end_of_turn,
+    )
+    mask = loss_mask(turn, supervision)
+    if max_length is not None and len(tokens) > max_length:
+        first_scored = int(np.argmax(mask))
+        cut = len(tokens) - max_length
+        if cut > first_scored:  # would drop a scored token (or its whole context)
+            return None
+        tokens, mask = tokens[cut:], mask[cut:]
+    return {
+        "tokens": tokens,
+        "loss_mask": mask.astype(np.int8),
+        "weight": np.float32(weight),
+        "group_id": trajectory["problem_id"],
+        "example_id": f"{trajectory['problem_id']}/{trajectory['sample']}",
+    }

@@ -1,0 +1,62 @@
+"""Weighted SFT examples: masks cover exactly the assistant tokens the supervision mode asks for."""
+
+import numpy as np
+import pytest
+
+from drift_jax import sft_examples
+
+EOT = 99
+
+
+def _traj():
+    return {
+        "problem_id": "abc",
+        "sample": 3,
+        "prompt_ids": [1, 2, 3],
+        "turns": [
+            {"response_ids": [10, 11, EOT], "feedback_ids": [50, 51]},
+            {"response_ids": [12], "feedback_ids": [52, 53, 54]},  # truncated: no end of turn
+            {"response_ids": [13, 14, EOT], "feedback_ids": []},
+        ],
+    }
+
+
+def test_tokens_follow_the_cache_layout():
+    tr = _traj()
+    tokens, turn = sft_examples.trajectory_tokens(
+        tr["prompt_ids"], [t["response_ids"] for t in tr["turns"]], [t["feedback_ids"] for t in tr["turns"]], EOT
+    )
+    assert tokens.tolist() == [1, 2, 3, 10, 11, EOT, 50, 51, 12, EOT, 52, 53, 54, 13, 14, EOT]
+    assert turn.tolist() == [0, 0, 0, 1, 1, 1, 0, 0, 2, 2, 0, 0, 0, 3, 3, 3]
+
+
+@pytest.mark.parametrize(
+    "supervision,scored",
+    [("terminal", [13, 14, EOT]), ("all", [10, 11, EOT, 12, EOT, 13, 14, EOT])],
+)
+def test_mask_covers_exactly_assistant_tokens(supervision, scored):
+    ex = sft_examples.make_example(_traj(), 2.5, end_of_turn=EOT, supervision=supervision)
+    assert ex["tokens"][ex["loss_mask"] == 1].tolist() == scored
+    assert ex["weight"] == np.float32(2.5) and ex["group_id"] == "abc" and ex["example_id"] == "abc/3"
+    # no prompt or feedback token is ever a target
+    assert not set(ex["tokens"][ex["loss_mask"] == 1].tolist()) & {1, 2, 3, 50, 51, 52, 53, 54}
+
+
+def test_single_turn_terminal_equals_all():
+    tr = {"problem_id": "p", "sample": 0, "prompt_ids": [1, 2], "turns": [{"response_ids": [7, EOT], "feedback_ids": []}]}
+    a = sft_examples.make_example(tr, 1.0, end_of_turn=EOT, supervision="terminal")
+    b = sft_examples.make_example(tr, 1.0, end_of_turn=EOT, supervision="all")
+    np.testing.assert_array_equal(a["loss_mask"], b["loss_mask"])
+    assert a["loss_mask"].tolist() == [0, 0, 1, 1]
+
+
+def test_max_length_trims_context_never_targets():
+    ex = sft_examples.make_example(_traj(), 1.0, end_of_turn=EOT, max_length=6)
+    assert ex["tokens"].tolist() == [52, 53, 54, 13, 14, EOT] and ex["loss_mask"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert sft_examples.make_example(_traj(), 1.0, end_of_turn=EOT, max_length=2) is None
+    assert sft_examples.make_example(_traj(), 1.0, end_of_turn=EOT, supervision="all", max_length=10) is None
+
+
+def test_bad_supervision():
+    with pytest.raises(ValueError, match="supervision"):
+        sft_examples.make_example(_traj(), 1.0, end_of_turn=EOT, supervision="first")
