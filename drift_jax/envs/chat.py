@@ -18,6 +18,8 @@ import tokenizers
 
 Messages = Sequence[dict[str, str]]
 
+SYNTHETIC_TOKENIZER = pathlib.Path(__file__).resolve().parent.parent / "assets" / "synthetic_tokenizer"
+
 _PING, _PONG = "Hello", "Hi there"  # placeholder turns used to locate the template's separators
 
 
