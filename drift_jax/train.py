@@ -1,0 +1,350 @@
+"""Weighted SFT trainer: loss sum(w*l)/sum(w) over the global batch, AdamW, checkpoints, logging.
+
+Use:
+    params = train.run(TrainConfig(...), model_config, "examples.arrayrecord", init_params, workdir, mesh)
+`run` resumes from the newest readable checkpoint in `workdir/checkpoints` (same seed and data), logs
+to `workdir/metrics.jsonl` and TensorBoard event files in `workdir/tb`, saves every `save_every` steps and
+on SIGTERM, and stops with `NonFiniteLossError` (no checkpoint of the bad state) if the loss is NaN/Inf.
+
+The jitted step is pure: `train_step(state, batch) -> (state, metrics)`, compiled once by
+`compile_train_step` with shardings from `sharding.RULES` and the state donated. A batch is a dict of
+[M micro-batches, R rows, T] arrays (see `data.py`); gradients of the M micro-batches are summed, each
+already divided by the global weight mass, so accumulation and any split across hosts are exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from drift_jax import checkpoint, data, model, sharding
+from drift_jax.model import ModelConfig, Params
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 5e-6
+    warmup_ratio: float = 0.1  # of the total steps; `warmup_steps` overrides it
+    warmup_steps: int | None = None
+    schedule: Literal["constant", "cosine"] = "constant"
+    final_lr_ratio: float = 0.0  # cosine: lr at the last step / peak lr
+    weight_decay: float = 0.1  # not applied to norm scales and biases
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    clip_norm: float = 1.0
+    batch_size: int = 128  # rows of seq_len tokens per step (global)
+    micro_batches: int = 1
+    seq_len: int = 2048
+    pack: bool = True
+    epochs: int = 1
+    max_steps: int | None = None
+    loss_reduction: data.LossReduction = "token_mean"
+    seed: int = 0
+    save_every: int = 100
+    keep: int = 3
+    async_checkpoints: bool = True
+    peak_flops_per_device: float | None = None  # for the MFU estimate; None: not reported
+    progress_bar: bool = True
+
+    def batch_config(self) -> data.BatchConfig:
+        return data.BatchConfig(
+            batch_size=self.batch_size, seq_len=self.seq_len, micro_batches=self.micro_batches,
+            pack=self.pack, seed=self.seed, loss_reduction=self.loss_reduction,
+        )
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32: steps done
+    params: Params
+    opt_state: optax.OptState
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+
+def lr_schedule(config: TrainConfig, total_steps: int) -> optax.Schedule:
+    warmup = config.warmup_steps if config.warmup_steps is not None else int(config.warmup_ratio * total_steps)
+    warm = optax.linear_schedule(0.0, config.lr, max(warmup, 1))
+    if config.schedule == "constant":
+        rest = optax.constant_schedule(config.lr)
+    elif config.schedule == "cosine":
+        rest = optax.cosine_decay_schedule(config.lr, max(total_steps - warmup, 1), alpha=config.final_lr_ratio)
+    else:
+        raise ValueError(f"schedule must be constant|cosine, got {config.schedule!r}")
+    return optax.join_schedules([warm, rest], [warmup]) if warmup else rest
+
+
+def _decay_mask(params: Params) -> Any:
+    def decays(path, _):
+        name = str(getattr(path[-1], "key", path[-1]))
+        return not (name == "scale" or name.endswith("_bias"))
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.clip_by_global_norm(config.clip_norm),
+        optax.adamw(
+            lr_schedule(config, total_steps), b1=config.b1, b2=config.b2, eps=config.eps,
+            weight_decay=config.weight_decay, mask=_decay_mask,
+        ),
+    )
+
+
+# ----------------------------------------------------------------------------- state and step
+
+
+def init_state(params: Params, tx: optax.GradientTransformation) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def state_shardings(mesh, model_config: ModelConfig, tx: optax.GradientTransformation) -> TrainState:
+    """Shardings of the train state: optimizer moments follow their parameters, the rest replicated."""
+    param_axes = model.param_logical_axes(model_config)
+    abstract = jax.eval_shape(
+        lambda: init_state(model.init_params(model_config, jax.random.key(0)), tx)
+    )
+    param_sh = sharding.tree_shardings(mesh, param_axes, abstract.params)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt_sh = optax.tree_map_params(
+        tx, lambda _, s: s, abstract.opt_state, param_sh,
+        transform_non_params=lambda _: replicated,
+        is_leaf=lambda x: isinstance(x, NamedSharding),
+    )
+    return TrainState(step=replicated, params=param_sh, opt_state=opt_sh)
+
+
+def batch_shardings(mesh, shapes: dict[str, tuple[int, ...]]) -> dict[str, NamedSharding]:
+    return {k: sharding.named_sharding(mesh, data.BATCH_AXES[k], shapes[k]) for k in shapes}
+
+
+def weighted_loss(params: Params, model_config: ModelConfig, mb: dict[str, jax.Array], weight_mass: jax.Array):
+    """sum over tokens of token_weight * NLL, divided by the GLOBAL weight mass; and metric sums."""
+    logits_BxTxV, _ = model.forward(
+        params, model_config, mb["tokens"], positions_BxT=mb["positions"], segment_ids_BxT=mb["segment_ids"]
+    )
+    target_logit = jnp.take_along_axis(logits_BxTxV, mb["targets"][..., None], axis=-1)[..., 0]
+    nll_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1) - target_logit
+    nll_BxT = jnp.where(mb["scored"], nll_BxT, 0.0)
+    loss = jnp.sum(mb["token_weight"] * nll_BxT) / weight_mass
+    return loss, {"nll_sum": jnp.sum(nll_BxT)}
+
+
+def train_step(
+    state: TrainState, batch: dict[str, jax.Array], *, model_config: ModelConfig, tx: optax.GradientTransformation
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    weight_mass = jnp.sum(batch["row_weight"])
+    # An all-zero-weight batch gives zero loss and zero gradients rather than 0/0.
+    denom = jnp.where(weight_mass > 0, weight_mass, 1.0)
+    grad_fn = jax.value_and_grad(weighted_loss, has_aux=True)
+
+    def micro_step(carry, mb):
+        grads, loss, nll_sum = carry
+        (l, aux), g = grad_fn(state.params, model_config, mb, denom)
+        return (jax.tree.map(jnp.add, grads, g), loss + l, nll_sum + aux["nll_sum"]), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    carry = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+    if batch["tokens"].shape[0] == 1:
+        carry, _ = micro_step(carry, jax.tree.map(lambda x: x[0], batch))
+    else:
+        carry, _ = jax.lax.scan(micro_step, carry, batch)
+    grads, loss, nll_sum = carry
+
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    scored = jnp.sum(batch["scored"])
+    metrics = {
+        "loss": loss,
+        "weight_mass": weight_mass,
+        "grad_norm": grad_norm,
+        "nll": nll_sum / jnp.maximum(scored, 1),
+        "tokens": jnp.sum(batch["segment_ids"] > 0),
+        "scored_tokens": scored,
+    }
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def compile_train_step(
+    model_config: ModelConfig, tx: optax.GradientTransformation, mesh, state_sh: TrainState,
+    batch_sh: dict[str, NamedSharding],
+) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+    """train_step jitted once: explicit in/out shardings, the state donated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        functools.partial(train_step, model_config=model_config, tx=tx),
+        in_shardings=(state_sh, batch_sh),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=0,
+    )
+
+
+def flops_per_token(model_config: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token (PaLM appendix B): 6 * matmul params + 12 * L * N * H * T for attention."""
+    c = model_config
+    # The input embedding is a lookup, not a matmul (unless tied to the output head).
+    matmul_params = c.num_params - (0 if c.tie_embeddings else c.vocab_size * c.hidden_size)
+    return 6.0 * matmul_params + 12.0 * c.num_layers * c.num_heads * c.head_dim * seq_len
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+class MetricWriter:
+    """JSONL + TensorBoard on process 0; no-op elsewhere."""
+
+    def __init__(self, workdir: str):
+        self.enabled = jax.process_index() == 0
+        if not self.enabled:
+            return
+        from tensorboardX import SummaryWriter
+
+        os.makedirs(workdir, exist_ok=True)
+        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.jsonl.flush()
+        for k, v in metrics.items():
+            self.tb.add_scalar(f"train/{k}", v, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            self.tb.close()
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+def run(
+    config: TrainConfig,
+    model_config: ModelConfig,
+    examples: str | Sequence[str] | Sequence[data.Example] | data.ExampleSource,
+    init_params: Params | Callable[[], Params],
+    workdir: str | os.PathLike,
+    mesh,
+    *,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> Params:
+    """Trains (or resumes) and returns the final params, sharded on `mesh`.
+
+    `init_params`: params, or a function making them (not called when resuming). `on_step(step,
+    metrics)` is called on the host after each step's metrics are read (step = steps done).
+    """
+    workdir = os.path.abspath(os.fspath(workdir))
+    source = examples if isinstance(examples, data.ExampleSource) else data.ExampleSource(examples)
+    batcher = data.Batcher(source, config.batch_config())
+    total = config.max_steps if config.max_steps is not None else batcher.total_steps(config.epochs)
+    tx = make_optimizer(config, total)
+    state_sh = state_shardings(mesh, model_config, tx)
+    batch_sh = batch_shardings(mesh, batcher.global_shapes())
+    data_key = {"seed": config.seed, "fingerprint": batcher.fingerprint}
+
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep,
+                                   async_save=config.async_checkpoints)
+    abstract = jax.eval_shape(lambda: init_state(model.init_params(model_config, jax.random.key(0)), tx))
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
+    restored = ckpt.restore_latest(abstract)
+    if restored is not None:
+        start, state, position = restored
+        if {k: position.get(k) for k in data_key} != data_key:
+            raise ValueError(f"checkpoint in {workdir} was written for other data or seed: {position} vs {data_key}")
+        log.info("resumed from step %d", start)
+    else:
+        start = 0
+        params = init_params() if callable(init_params) else init_params
+        state = jax.jit(functools.partial(init_state, tx=tx), out_shardings=state_sh)(params)
+
+    step_fn = compile_train_step(model_config, tx, mesh, state_sh, batch_sh)
+    writer = MetricWriter(workdir)
+    fpt = flops_per_token(model_config, config.seq_len)
+    schedule = lr_schedule(config, total)
+    last_good = start if restored is not None else None
+    progress = None
+    if config.progress_bar and jax.process_index() == 0:
+        from tqdm import tqdm
+
+        progress = tqdm(total=total, initial=start, desc="train", unit="step")
+
+    pending: tuple[int, dict[str, jax.Array]] | None = None
+    last_time = time.perf_counter()
+
+    def drain() -> None:
+        # Reads the metrics of the step in flight (blocks on it only), checks them, logs them.
+        nonlocal pending, last_time
+        if pending is None:
+            return
+        done, m = pending
+        pending = None
+        m = {k: float(v) for k, v in jax.device_get(m).items()}
+        now = time.perf_counter()
+        dt, last_time = now - last_time, now
+        if not math.isfinite(m["loss"]):
+            raise NonFiniteLossError(
+                f"loss is {m['loss']} at step {done} (grad_norm {m['grad_norm']}); stopped without saving. "
+                f"The last good checkpoint is step {last_good} in {ckpt.directory}."
+            )
+        m["lr"] = float(schedule(done - 1))
+        m["step_time_s"] = dt
+        m["tokens_per_s"] = m["tokens"] / dt
+        if config.peak_flops_per_device:
+            m["mfu"] = fpt * m["tokens"] / dt / (config.peak_flops_per_device * jax.device_count())
+        writer.write(done, m)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{m['loss']:.4f}", gnorm=f"{m['grad_norm']:.3f}")
+        if on_step is not None:
+            on_step(done, m)
+
+    try:
+        with checkpoint.PreemptionGuard() as guard, jax.set_mesh(mesh):
+            for step in range(start, total):
+                batch = batcher.global_batch(step, mesh)
+                state, metrics = step_fn(state, batch)  # dispatch step before reading the last one
+                drain()
+                pending = (step + 1, metrics)
+                preempted = guard.requested or ckpt.reached_preemption(step + 1)
+                if (step + 1) % config.save_every == 0 or step + 1 == total or preempted:
+                    drain()  # never save a state whose loss was not checked
+                    ckpt.save(step + 1, state, {**data_key, "step": step + 1})
+                    last_good = step + 1
+                    last_time = time.perf_counter()  # keep the save's host copy out of tokens/s
+                if preempted:
+                    log.warning("preempted: saved step %d, stopping", step + 1)
+                    break
+            drain()
+        ckpt.wait()
+    finally:
+        ckpt.close()
+        writer.close()
+        if progress is not None:
+            progress.close()
+    return state.params
