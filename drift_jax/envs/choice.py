@@ -27,7 +27,7 @@ def choice_problem(
     pid = content_id("choice", question.strip(), sorted(options), gold)
     order = list(range(len(options)))
     if shuffle:  # a permutation from hashes, not from `random`, so it is the same on every Python
-        order.sort(key=lambda i: hashlib.sha256(f"{pid}:{i}:{options[i]}".encode()).hexdigest())
+        order.sort(key=lambda i: (hashlib.sha256(f"{pid}:{options[i]}".encode()).hexdigest(), i))
     shuffled = tuple(options[i] for i in order)
     return Problem(
         id=pid, task="choice", question=question.strip(), answer=LETTERS[order.index(gold_index)],

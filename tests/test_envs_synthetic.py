@@ -1,0 +1,91 @@
+"""The synthetic task: seeded problems, disjoint splits, knobs, verifier, demonstrations, token lengths."""
+import collections
+
+import pytest
+
+from drift_jax.envs import SYNTHETIC_TOKENIZER, ChatFormat, Env, synthetic
+from drift_jax.envs.synthetic import demonstrations, extract_integer, make_problems, split_of, verify
+
+
+def test_deterministic_from_seed():
+    assert make_problems("train", 50, seed=3) == make_problems("train", 50, seed=3)
+    assert make_problems("train", 50, seed=3) != make_problems("train", 50, seed=4)
+
+
+def test_golden_problem():
+    # If this changes, every synthetic prompt id in stored rollouts changes. Only change it on purpose.
+    p = make_problems("train", 1, seed=0)[0]
+    assert (p.question, p.answer, p.id) == ("85+63 mod 7", "1", "4513badea0cfbca9")
+
+
+def test_splits_are_disjoint_for_every_seed():
+    train = {p.question for s in range(3) for p in make_problems("train", 800, seed=s)}
+    test = {p.question for s in range(3) for p in make_problems("test", 200, seed=s)}
+    assert not train & test
+    assert all(split_of(q) == "test" for q in test)
+
+
+def test_answers_are_right_and_spread_over_the_residues():
+    problems = make_problems("train", 700, seed=0)
+    for p in problems[:50]:
+        expr, mod = p.question.split(" mod ")
+        assert int(p.answer) == eval(expr) % int(mod)  # noqa: S307 - our own arithmetic strings
+    counts = collections.Counter(p.answer for p in problems)
+    assert set(counts) == {str(i) for i in range(7)} and min(counts.values()) > 60
+
+
+def test_difficulty_knobs():
+    ps = make_problems("train", 30, seed=0, num_operands=3, max_digits=3, modulus=None, ops=("+", "-", "*"))
+    for p in ps:
+        assert int(p.answer) == eval(p.question)  # noqa: S307 - precedence as in Python
+        assert sum(p.question.count(o) for o in "+-*") >= 2
+    assert all(p.question.endswith(" mod 5") for p in make_problems("test", 5, modulus=5))
+
+
+def test_too_many_problems_is_a_clear_error():
+    with pytest.raises(ValueError, match="distinct"):
+        make_problems("test", 500, max_digits=1)  # only 100 questions exist, ~20 of them in test
+    with pytest.raises(ValueError, match="split"):
+        make_problems("valid", 5)
+
+
+def test_verifier():
+    p = make_problems("test", 1)[0]
+    assert verify(p, f"<answer>{p.answer}</answer>").correct
+    assert verify(p, f"<answer> {p.answer} </answer>").correct
+    v = verify(p, f"<answer>{(int(p.answer) + 1) % 7}</answer>")
+    assert v.format_ok and not v.correct
+    assert extract_integer("<answer>x</answer>") is None
+    assert extract_integer("<answer>1</answer><answer>2</answer>") is None
+    assert extract_integer("no tags 3") is None
+
+
+def test_demonstrations_use_the_env_template_and_end_correct():
+    problems = make_problems("train", 20)
+    env = Env()
+    for p, demo in zip(problems, demonstrations(problems)):
+        assert demo[:-1] == env.reset([p])[0]
+        assert verify(p, demo[-1]["content"]).correct
+
+
+def test_multi_turn_demonstrations_show_distinct_wrong_answers_then_the_right_one():
+    problems = make_problems("train", 50)
+    demos = demonstrations(problems, seed=1, max_wrong_turns=3, feedback="Nope.")
+    assert demos == demonstrations(problems, seed=1, max_wrong_turns=3, feedback="Nope.")
+    lengths = collections.Counter(len(d) for d in demos)
+    assert set(lengths) <= {2, 4, 6, 8} and len(lengths) > 1
+    for p, demo in zip(problems, demos):
+        answers = [verify(p, m["content"]) for m in demo if m["role"] == "assistant"]
+        assert [a.correct for a in answers] == [False] * (len(answers) - 1) + [True]
+        assert len({a.parsed_answer for a in answers}) == len(answers)
+        assert all(m["content"] == "Nope." for m in demo[2::2])
+
+
+def test_sequences_are_short_for_a_tiny_model():
+    chat = ChatFormat.from_pretrained(SYNTHETIC_TOKENIZER)
+    p = make_problems("train", 1, max_digits=3, num_operands=3)[0]
+    demo = demonstrations([p])[0]
+    prompt = chat.prompt_ids(demo[:1])
+    answer = chat.encode(demo[1]["content"])
+    assert len(prompt) + len(answer) + 1 < 40
+    assert chat.tokenizer.get_vocab_size() <= 512
