@@ -1,0 +1,144 @@
+"""Checkpoints: kill -9 then resume equals an uninterrupted run; SIGTERM saves; corrupt latest falls back;
+an eight-device checkpoint restores on four devices.
+
+Run as a script, this file is the worker the kill -9 test launches (and kills):
+    python tests/test_checkpoint.py WORKDIR EXAMPLES
+"""
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from drift_jax import checkpoint, data, model, sharding, train
+
+CFG = model.ModelConfig(
+    vocab_size=61, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=48,
+)
+TC = train.TrainConfig(lr=1e-2, batch_size=2, seq_len=40, epochs=2, save_every=3, keep=2, progress_bar=False)
+
+
+def _run(workdir, examples, on_step=None, mesh=None, config=TC):
+    mesh = mesh or sharding.make_mesh({"data": -1})
+    params = train.run(config, CFG, examples, lambda: model.init_params(CFG, jax.random.key(0)), workdir, mesh,
+                       on_step=on_step)
+    return jax.device_get(params)
+
+
+def _losses(workdir):
+    """step -> loss; a resumed run's later lines win (they re-log the steps after the resume point)."""
+    lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    return {line["step"]: line["loss"] for line in lines}
+
+
+def _assert_same_params(a, b):
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+@pytest.fixture(scope="module")
+def examples_path(tmp_path_factory):
+    from tests.test_data import make_examples
+
+    path = tmp_path_factory.mktemp("data") / "examples.arrayrecord"
+    data.write_examples(path, make_examples(60))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, examples_path):
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    params = _run(workdir, examples_path)
+    return workdir, params, _losses(workdir)
+
+
+def test_kill9_then_resume_equals_uninterrupted(tmp_path, examples_path, uninterrupted):
+    _, want_params, want_losses = uninterrupted
+    total = max(want_losses)
+    workdir = str(tmp_path / "run")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root}  # XLA_FLAGS (8 devices) come from conftest.py
+    proc = subprocess.Popen([sys.executable, __file__, workdir, examples_path], cwd=root, env=env)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 120
+    # Kill at a moment we do not choose exactly: once it has logged step 7 (checkpoints at 3 and 6).
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(metrics) and len(open(metrics).read().splitlines()) >= 7:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "worker ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = max(_losses(workdir))
+    assert 7 <= killed_at < total
+
+    params = _run(workdir, examples_path)
+    _assert_same_params(params, want_params)
+    assert _losses(workdir) == want_losses
+
+
+def test_sigterm_saves_and_stops_then_resumes(tmp_path, examples_path, uninterrupted):
+    _, want_params, want_losses = uninterrupted
+    workdir = str(tmp_path / "run")
+
+    def preempt(step, _):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    _run(workdir, examples_path, on_step=preempt)
+    steps = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps()
+    # The signal arrives while step 5 is in flight: that step finishes, is saved, and the run stops.
+    assert steps[-1] in (4, 5) and max(_losses(workdir)) == steps[-1]
+    _assert_same_params(_run(workdir, examples_path), want_params)
+    assert _losses(workdir) == want_losses
+
+
+def test_corrupted_latest_checkpoint_falls_back(tmp_path, examples_path, uninterrupted, caplog):
+    src, want_params, want_losses = uninterrupted
+    workdir = str(tmp_path / "run")
+    shutil.copytree(src, workdir)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    latest, before = checkpoint.Checkpointer(ckpt_dir).all_steps()[-1:-3:-1]
+    for root, _, files in os.walk(os.path.join(ckpt_dir, str(latest), "state")):
+        for f in files:
+            with open(os.path.join(root, f), "wb") as fh:
+                fh.write(b"garbage")
+    with caplog.at_level(logging.WARNING):
+        params = _run(workdir, examples_path)  # resumes from `before` and retrains the last steps
+    assert f"checkpoint at step {latest}" in caplog.text and "unreadable" in caplog.text
+    assert any(p.startswith(f"unreadable_checkpoint_{latest}_") for p in os.listdir(workdir))
+    _assert_same_params(params, want_params)
+    assert _losses(workdir) == want_losses
+    assert before < latest
+
+
+def test_eight_device_checkpoint_restores_on_four_devices(tmp_path):
+    tx = train.make_optimizer(TC, 10)
+    mesh8 = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    sh8 = train.state_shardings(mesh8, CFG, tx)
+    state = jax.jit(lambda: train.init_state(model.init_params(CFG, jax.random.key(3)), tx), out_shardings=sh8)()
+    ckpt = checkpoint.Checkpointer(tmp_path)
+    ckpt.save(7, state, {"step": 7})
+    ckpt.wait()
+
+    mesh4 = sharding.make_mesh({"fsdp": 2, "tensor": 2}, devices=jax.devices()[:4])
+    sh4 = train.state_shardings(mesh4, CFG, tx)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, sh4)
+    step, restored, position = checkpoint.Checkpointer(tmp_path).restore_latest(abstract)
+    assert step == 7 and position == {"step": 7}
+    q = restored.params["layers"]["attn"]["q"]
+    assert set(q.sharding.device_set) == set(jax.devices()[:4]) and q.sharding == sh4.params["layers"]["attn"]["q"]
+    _assert_same_params(restored, jax.device_get(state))
+
+
+if __name__ == "__main__":
+    # Worker for the kill -9 test: the same run, slowed so the parent can kill it mid-training.
+    jax.config.update("jax_default_matmul_precision", "highest")  # as conftest.py
+    _run(sys.argv[1], sys.argv[2], on_step=lambda *_: time.sleep(0.3))
