@@ -1,0 +1,130 @@
+"""Rollout driver: N problems x K samples from the fixed reference policy, written as resumable shards.
+
+Problems are cut into shards of `problems_per_shard` (all K samples of a problem in one shard). Shard s
+is written by process s % num_processes to `rollouts-SSSSS.arrayrecord`, atomically (a temporary
+file renamed when complete), so a re-run skips finished shards and redoes a half-written one with
+identical content: a trajectory's randomness depends only on (seed, problem id, sample, turn).
+Each record is one trajectory (`episodes.run_episodes`) plus its return.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import msgpack
+import numpy as np
+import tqdm
+
+from drift_jax import episodes, returns
+from drift_jax.envs import ChatFormat, Problem, normalize_answer
+from drift_jax.model import ModelConfig, Params
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    num_samples: int = 16  # K trajectories per problem
+    episode: episodes.EpisodeConfig = episodes.EpisodeConfig(temperature=1.0)
+    returns: returns.ReturnConfig = returns.ReturnConfig()
+    problems_per_shard: int = 64
+    rows_per_batch: int = 256  # trajectories in flight together
+    seed: int = 0
+
+
+def shard_path(out_dir: str, shard: int) -> str:
+    return os.path.join(out_dir, f"rollouts-{shard:05d}.arrayrecord")
+
+
+def trajectory_return(record: dict[str, Any], config: returns.ReturnConfig) -> float:
+    turns = record["turns"]
+    return float(returns.trajectory_return(
+        [t["reward"] for t in turns],
+        [normalize_answer(t["answer"]) for t in turns],
+        [t["format_ok"] for t in turns],
+        config,
+    ))
+
+
+def _write_shard(path: str, records: list[dict[str, Any]]) -> None:
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    tmp = f"{path}.tmp-{os.getpid()}"
+    writer = ArrayRecordWriter(tmp, "group_size:1")
+    for r in records:
+        writer.write(msgpack.packb(r))
+    writer.close()
+    os.replace(tmp, path)  # atomic: a shard exists whole or not at all
+
+
+def read_rollouts(out_dir: str) -> list[dict[str, Any]]:
+    """All trajectories of finished shards, in shard order."""
+    from array_record.python.array_record_data_source import ArrayRecordDataSource
+
+    paths = sorted(glob.glob(os.path.join(out_dir, "rollouts-*.arrayrecord")))
+    if not paths:
+        return []
+    source = ArrayRecordDataSource(paths)
+    return [msgpack.unpackb(source[i]) for i in range(len(source))]
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def rollout(
+    params: Params,
+    model_config: ModelConfig,
+    chat: ChatFormat,
+    problems: Sequence[Problem],
+    config: RolloutConfig,
+    out_dir: str,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    process_index: int | None = None,
+    num_processes: int | None = None,
+) -> dict[str, float]:
+    """Writes this process's missing shards; returns counts and rates for the log."""
+    process_index = jax.process_index() if process_index is None else process_index
+    num_processes = jax.process_count() if num_processes is None else num_processes
+    os.makedirs(out_dir, exist_ok=True)
+    num_shards = -(-len(problems) // config.problems_per_shard)
+    mine = [s for s in range(num_shards) if s % num_processes == process_index]
+    todo = [s for s in mine if not os.path.exists(shard_path(out_dir, s))]
+    if len(todo) < len(mine):
+        log.info("rollouts: %d of %d shards already written, skipping them", len(mine) - len(todo), len(mine))
+    k = config.num_samples
+    total = sum(len(problems[s * config.problems_per_shard : (s + 1) * config.problems_per_shard]) for s in todo) * k
+    stats = {"trajectories": 0, "solved": 0, "tokens": 0}
+    start = time.time()
+    bar = tqdm.tqdm(total=total, desc="rollouts", unit="traj", disable=total == 0)
+    for s in todo:
+        shard_problems = problems[s * config.problems_per_shard : (s + 1) * config.problems_per_shard]
+        rows = [(p, i) for p in shard_problems for i in range(k)]
+        records: list[dict[str, Any]] = []
+        for batch in _batches(rows, config.rows_per_batch):
+            out = episodes.run_episodes(
+                params, model_config, chat, [p for p, _ in batch], [i for _, i in batch], config.episode,
+                seed=config.seed, mesh=mesh, pad_rows_to=config.rows_per_batch,
+            )
+            for r in out:
+                r["return"] = trajectory_return(r, config.returns)
+                stats["solved"] += r["solved_turn"] > 0
+                stats["tokens"] += sum(len(t["response_ids"]) for t in r["turns"])
+            records += out
+            stats["trajectories"] += len(out)
+            bar.update(len(out))
+            bar.set_postfix(success=f"{stats['solved'] / max(stats['trajectories'], 1):.3f}",
+                            traj_per_s=f"{stats['trajectories'] / (time.time() - start):.1f}")
+        _write_shard(shard_path(out_dir, s), records)
+    bar.close()
+    stats["seconds"] = time.time() - start
+    return stats
