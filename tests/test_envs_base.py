@@ -10,7 +10,7 @@ def _right(p):
 
 
 def _wrong(p):
-    return f"<answer>{(int(p.answer) + 1) % 7}</answer>"
+    return f"<answer>{(int(p.answer) + 1) % 5}</answer>"
 
 
 def test_episodes_end_at_first_correct_answer_or_after_max_turns():

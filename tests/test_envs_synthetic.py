@@ -15,7 +15,7 @@ def test_deterministic_from_seed():
 def test_golden_problem():
     # If this changes, every synthetic prompt id in stored rollouts changes. Only change it on purpose.
     p = make_problems("train", 1, seed=0)[0]
-    assert (p.question, p.answer, p.id) == ("85+63 mod 7", "1", "4513badea0cfbca9")
+    assert (p.question, p.answer, p.id) == ("85+63 mod 5", "3", "c567fa03b2fb5e77")
 
 
 def test_splits_are_disjoint_for_every_seed():
@@ -31,7 +31,7 @@ def test_answers_are_right_and_spread_over_the_residues():
         expr, mod = p.question.split(" mod ")
         assert int(p.answer) == eval(expr) % int(mod)  # noqa: S307 - our own arithmetic strings
     counts = collections.Counter(p.answer for p in problems)
-    assert set(counts) == {str(i) for i in range(7)} and min(counts.values()) > 60
+    assert set(counts) == {str(i) for i in range(5)} and min(counts.values()) > 100
 
 
 def test_difficulty_knobs():
@@ -39,7 +39,7 @@ def test_difficulty_knobs():
     for p in ps:
         assert int(p.answer) == eval(p.question)  # noqa: S307 - precedence as in Python
         assert sum(p.question.count(o) for o in "+-*") >= 2
-    assert all(p.question.endswith(" mod 5") for p in make_problems("test", 5, modulus=5))
+    assert all(p.question.endswith(" mod 7") for p in make_problems("test", 5, modulus=7))
 
 
 def test_too_many_problems_is_a_clear_error():
@@ -53,7 +53,7 @@ def test_verifier():
     p = make_problems("test", 1)[0]
     assert verify(p, f"<answer>{p.answer}</answer>").correct
     assert verify(p, f"<answer> {p.answer} </answer>").correct
-    v = verify(p, f"<answer>{(int(p.answer) + 1) % 7}</answer>")
+    v = verify(p, f"<answer>{(int(p.answer) + 1) % 5}</answer>")
     assert v.format_ok and not v.correct
     assert extract_integer("<answer>x</answer>") is None
     assert extract_integer("<answer>1</answer><answer>2</answer>") is None

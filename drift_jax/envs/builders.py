@@ -57,7 +57,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     seed: int = 0
     num_operands: int = 2
     max_digits: int = 2
-    modulus: int | None = 7
+    modulus: int | None = 5
     ops: tuple[str, ...] = ("+",)
 
     @classmethod
