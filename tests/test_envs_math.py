@@ -39,6 +39,16 @@ AGREE = [
     ("<answer>The answer is 5.</answer>", "5"),
     ("<answer>4</answer> let me check <answer>4.0</answer>", "4"),
     ("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+    ("<ANSWER>42</ANSWER>", "42"),
+    ("<answer>\n42\n</answer>", "42"),
+    ("\\boxed{42}", "\\boxed{42}"),  # a gold answer still in its box
+    ("<answer>1.0e3</answer>", "1000"),
+    ("<answer>2\\sqrt{2}</answer>", "\\sqrt{8}"),
+    ("<answer>sqrt(3)/2</answer>", "\\frac{\\sqrt{3}}{2}"),
+    ("<answer>x \\in (1, 2]</answer>", "(1,2]"),
+    ("<answer>\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}</answer>", "\\begin{pmatrix}1\\\\2\\end{pmatrix}"),
+    ("<answer>no solution</answer>", "\\text{no solution}"),  # text answers compare normalised
+    ("<answer>\\text{Yes}</answer>", "yes"),
 ]
 
 DISAGREE = [
@@ -58,6 +68,10 @@ DISAGREE = [
     # two different answers
     ("<answer>3</answer> or maybe <answer>4</answer>", "4"),
     ("\\boxed{3} or \\boxed{4}", "3"),
+    ("<answer>3 or 4</answer>", "3"),
+    ("<answer>(3,2)</answer>", "(2, 3)"),  # ordered pairs keep their order
+    ("<answer>\\pi</answer>", "3.14"),
+    ("<answer>\\frac{1}{0}</answer>", "1"),
 ]
 
 
@@ -108,6 +122,18 @@ def test_verify_and_prompt():
     assert (v.parsed_answer, v.format_ok, v.correct) == (None, False, False)
     v = verify(p, "<answer>3</answer>")
     assert (v.parsed_answer, v.format_ok, v.correct) == ("3", True, False)
+
+
+def test_explosive_answers_do_not_hang_worker_threads():
+    """No SIGALRM outside the main thread, so towers of powers must not reach sympy at all."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = time.time()
+    with ThreadPoolExecutor(1) as pool:
+        assert not pool.submit(check_math, "<answer>9^{9^{9^{9}}}</answer>", "1").result(timeout=30)
+        assert pool.submit(check_math, "<answer>9^{9^{9}}</answer>", "9^{9^{9}}").result(timeout=30)
+    assert time.time() - start < 5
 
 
 def test_check_math_in_a_thread():

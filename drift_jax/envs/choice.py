@@ -11,7 +11,7 @@ from drift_jax.envs.records import Problem, Verdict, content_id
 LETTERS = "ABCDEFGHIJKLMNOP"
 INSTRUCTION = "Answer with the letter of the correct option inside <answer></answer>."
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 
 
 def choice_problem(

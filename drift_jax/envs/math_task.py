@@ -13,7 +13,7 @@ from drift_jax.envs.records import Problem, Verdict
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
 _WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")  # a word that is not a LaTeX command
 _BOXED_ONLY = [LatexExtractionConfig(boxed_match_priority=0)]
@@ -81,24 +81,35 @@ def _timeout() -> int | None:
     return 5 if threading.current_thread() is threading.main_thread() else None
 
 
+_SCIENTIFIC = re.compile(r"(-?\d+(?:\.\d+)?)[eE]([+-]?\d+)")
+# Expressions sympy may take forever on (towers of powers, huge factorials); outside the main thread
+# there is no timeout, so these are compared as strings.
+_EXPLOSIVE = re.compile(r"\^\s*\{[^}]*\^|\^\s*\d+\s*\^|\d{4,}\s*!")
+
+
 @functools.lru_cache(maxsize=65536)
 def _parse(answer: str) -> tuple:
     """math-verify's parse of a bare answer; prose ("The answer is 5") falls back to a search."""
-    prose = len(_WORD.findall(re.sub(r"\\text\{.*?\}", "", answer))) >= 2
-    parsed = [] if prose else math_verify.parse("\\boxed{" + answer + "}", _BOXED_ONLY, parsing_timeout=_timeout())
+    if _EXPLOSIVE.search(answer):
+        return ()
+    answer = _SCIENTIFIC.fullmatch(answer) and _SCIENTIFIC.sub(r"\1 \\times 10^{\2}", answer) or answer
+    words = _WORD.findall(re.sub(r"\\[a-zA-Z]+\s*(?:\{[^{}]*\})?", " ", answer))
+    parsed = [] if len(words) >= 2 else math_verify.parse("\\boxed{" + answer + "}", _BOXED_ONLY,
+                                                          parsing_timeout=_timeout())
     if not any(not isinstance(p, str) for p in parsed):
         parsed = math_verify.parse(answer, parsing_timeout=_timeout()) or parsed
-    return tuple(parsed)
+    return tuple(p for p in parsed if not isinstance(p, str))
 
 
 def answers_equal(pred: str, gold: str) -> bool:
-    """Mathematical equivalence of two bare answers (never string equality alone)."""
+    """Mathematical equivalence of two bare answers; text answers ("no solution") compare normalised."""
     pred, gold = _clean(pred), _clean(gold)
+    gold = (boxed_contents(gold) or [gold])[-1]
     if not pred or not gold:
         return False
     p, g = _parse(pred), _parse(gold)
-    if not p or not g:
-        return False
+    if not p or not g:  # text, or beyond sympy: the normalised strings must agree
+        return normalize_answer(pred) == normalize_answer(gold)
     return bool(math_verify.verify(list(g), list(p), timeout_seconds=_timeout()))
 
 

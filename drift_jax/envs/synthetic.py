@@ -25,7 +25,7 @@ from drift_jax.envs.records import DEFAULT_FEEDBACK, Problem, Verdict, content_i
 INSTRUCTION = "Answer in <answer></answer>."
 SPLITS = ("train", "test")
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _MOD = re.compile(r" mod (\d+)$")
 
 
