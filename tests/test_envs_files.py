@@ -141,6 +141,13 @@ def test_malformed_parquet_and_json_array(tmp_path):
         load_local(tmp_path, "gsm8k", "test")
 
 
+def test_not_utf8_names_the_line(tmp_path):
+    path = _jsonl(tmp_path / "gsm8k" / "test.jsonl", GSM)
+    path.write_bytes(path.read_bytes() + b'{"question": "caf\xe9", "answer": "#### 1"}\n')
+    with pytest.raises(MalformedRowError, match=r"test.jsonl: line 3: not UTF-8"):
+        load_local(tmp_path, "gsm8k", "test")
+
+
 def test_a_split_with_every_row_skipped_is_an_error(tmp_path):
     _jsonl(tmp_path / "metamath_math" / "train.jsonl", [{"query": "q", "response": "x", "type": "GSM_SV"}])
     with pytest.raises(ValueError, match="no problems left"):

@@ -147,23 +147,29 @@ def read_rows(path: pathlib.Path) -> Iterator[tuple[str, dict[str, Any]]]:
     elif path.suffix == ".csv":
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
-            for row in reader:
-                yield f"line {reader.line_num}", row
-    elif path.suffix == ".json" and path.read_text(encoding="utf-8").lstrip().startswith("["):
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise MalformedRowError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from e
-        yield from ((f"row {i}", r) for i, r in enumerate(rows, 1))
+            try:
+                for row in reader:
+                    yield f"line {reader.line_num}", row
+            except (UnicodeDecodeError, csv.Error) as e:
+                raise MalformedRowError(f"{path}: line {reader.line_num + 1}: {e}") from e
     else:
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield f"line {n}", json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise MalformedRowError(f"{path}: line {n}: invalid JSON ({e.msg})") from e
+        lines = path.read_bytes().splitlines()
+        if path.suffix == ".json" and lines and lines[0].lstrip().startswith(b"["):
+            try:
+                rows = json.loads(b"\n".join(lines))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise MalformedRowError(f"{path}: line {getattr(e, 'lineno', '?')}: invalid JSON ({e})") from e
+            yield from ((f"row {i}", r) for i, r in enumerate(rows, 1))
+            return
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                yield f"line {n}", json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise MalformedRowError(f"{path}: line {n}: not UTF-8 ({e.reason} at byte {e.start})") from e
+            except json.JSONDecodeError as e:
+                raise MalformedRowError(f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno})") from e
 
 
 def load_local(manual_dir: str | pathlib.Path, fmt: str, split: str) -> list[Problem]:
