@@ -1,4 +1,5 @@
 """The batched environment: episodes end early and late, feedback text, turn records, the one template."""
+
 import pytest
 
 from drift_jax.envs import DEFAULT_FEEDBACK, Env, choice_problem, first_messages, synthetic
@@ -26,7 +27,9 @@ def test_episodes_end_at_first_correct_answer_or_after_max_turns():
     # turn 2: row 1 unparseable, row 2 right
     results = env.step(["I don't know", _right(problems[2])])
     assert [(r.row, r.format_ok, r.parsed_answer, r.done) for r in results] == [
-        (1, False, None, False), (2, True, problems[2].answer, True)]
+        (1, False, None, False),
+        (2, True, problems[2].answer, True),
+    ]
     # turn 3: row 1 wrong again, and that was its last turn
     results = env.step([_wrong(problems[1])])
     assert results[0].done and results[0].feedback is None and env.done and env.active == []

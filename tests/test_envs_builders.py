@@ -1,4 +1,5 @@
 """TFDS builders: array_record written and read back without TensorFlow; clear errors for missing files."""
+
 import json
 
 import pytest
@@ -11,24 +12,40 @@ from drift_jax.envs.builders import builder
 def test_synthetic_round_trip_through_array_record(tmp_path):
     knobs = dict(num_train=60, num_test=20, seed=1, max_digits=2, modulus=5)
     test = load_problems("synthetic", "test", tmp_path, **knobs)
-    assert sorted(test, key=lambda p: p.id) == sorted(synthetic.make_problems("test", 20, 1, modulus=5),
-                                                       key=lambda p: p.id)
+    assert sorted(test, key=lambda p: p.id) == sorted(
+        synthetic.make_problems("test", 20, 1, modulus=5), key=lambda p: p.id
+    )
     b = builder("synthetic", tmp_path, **knobs)
     assert b.info.splits["train"].num_examples == 60
     assert list((tmp_path / "drift_synthetic").rglob("*.array_record*"))
     # plain tfds reads it too, as bytes
-    row = tfds.data_source(f"drift_synthetic/{b.builder_config.name}", data_dir=str(tmp_path), split="train")[0]
-    assert set(row) == {"id", "task", "question", "answer", "options", "source"} and row["task"] == b"synthetic"
+    row = tfds.data_source(f"drift_synthetic/{b.builder_config.name}", data_dir=str(tmp_path), split="train")[
+        0
+    ]
+    assert (
+        set(row) == {"id", "task", "question", "answer", "options", "source"} and row["task"] == b"synthetic"
+    )
     # other knobs, other prepared data: never a stale reuse
-    assert builder("synthetic", tmp_path, **{**knobs, "modulus": 7}).builder_config.name != b.builder_config.name
+    assert (
+        builder("synthetic", tmp_path, **{**knobs, "modulus": 7}).builder_config.name != b.builder_config.name
+    )
 
 
 def test_local_files_round_trip(tmp_path):
     manual = tmp_path / "manual"
     (manual / "gpqa").mkdir(parents=True)
-    (manual / "gpqa" / "train.jsonl").write_text(json.dumps(
-        {"Question": "Which is a noble gas?", "Correct Answer": "Neon", "Incorrect Answer 1": "Nitrogen",
-         "Incorrect Answer 2": "Oxygen", "Incorrect Answer 3": "Sodium"}) + "\n")
+    (manual / "gpqa" / "train.jsonl").write_text(
+        json.dumps(
+            {
+                "Question": "Which is a noble gas?",
+                "Correct Answer": "Neon",
+                "Incorrect Answer 1": "Nitrogen",
+                "Incorrect Answer 2": "Oxygen",
+                "Incorrect Answer 3": "Sodium",
+            }
+        )
+        + "\n"
+    )
     (p,) = load_problems("gpqa", "train", tmp_path / "data", manual)
     assert p.task == "choice" and len(p.options) == 4 and p.options["ABCD".index(p.answer)] == "Neon"
     # a second call reuses the prepared data, even with the manual files gone

@@ -1,4 +1,5 @@
 """Multiple choice: deterministic shuffling, content ids, robust letter extraction."""
+
 import pytest
 
 from drift_jax.envs.choice import choice_problem, extract_letter, letter_of, prompt, verify
@@ -41,13 +42,34 @@ def test_bad_problem(bad):
         choice_problem("Q?", **bad)
 
 
-@pytest.mark.parametrize("content,letter", [
-    ("B", "B"), ("(b)", "B"), ("b", "B"), ("C)", "C"), ("D.", "D"),
-    ("C) Berlin", "C"), ("(C) Berlin", "C"), ("B. Rome", "B"), ("A: Paris", "A"), ("D - Madrid", "D"),
-    ("Option D", "D"), ("The answer is (A).", "A"), ("answer: c", "C"), ("**B**", "B"), ("\\text{(C)}", "C"),
-    ("Rome", "B"), ("rome.", "B"), ("I think it is B", "B"),
-    ("A or B", None), ("B and C", None), ("E", None), ("", None), ("Lyon", None),
-])
+@pytest.mark.parametrize(
+    "content,letter",
+    [
+        ("B", "B"),
+        ("(b)", "B"),
+        ("b", "B"),
+        ("C)", "C"),
+        ("D.", "D"),
+        ("C) Berlin", "C"),
+        ("(C) Berlin", "C"),
+        ("B. Rome", "B"),
+        ("A: Paris", "A"),
+        ("D - Madrid", "D"),
+        ("Option D", "D"),
+        ("The answer is (A).", "A"),
+        ("answer: c", "C"),
+        ("**B**", "B"),
+        ("\\text{(C)}", "C"),
+        ("Rome", "B"),
+        ("rome.", "B"),
+        ("I think it is B", "B"),
+        ("A or B", None),
+        ("B and C", None),
+        ("E", None),
+        ("", None),
+        ("Lyon", None),
+    ],
+)
 def test_letter_of(content, letter):
     assert letter_of(content, OPTIONS) == letter
 

@@ -1,4 +1,5 @@
 """Local task files: every hub format, stable ids, and a clear error for each bad-file case."""
+
 import hashlib
 import json
 import logging
@@ -23,33 +24,68 @@ def _parquet(path, rows):
     return path
 
 
-GSM = [{"question": "Tom has 3 apples and buys 1,000 more. How many?", "answer": "3 + 1000 = 1003\n#### 1,003"},
-       {"question": "2 + 2?", "answer": "#### 4"}]
-MATH = [{"problem": "Simplify $\\frac{2}{4}$.", "solution": "It is $\\boxed{\\frac{1}{2}}$.", "level": "Level 1"},
-        {"problem": "Solve $x+1=4$.", "solution": "So $x = \\boxed{3}$."}]
-GPQA = [{"Question": "Which is a noble gas?", "Correct Answer": "Neon", "Incorrect Answer 1": "Nitrogen",
-         "Incorrect Answer 2": "Oxygen", "Incorrect Answer 3": "Sodium"}]
+GSM = [
+    {"question": "Tom has 3 apples and buys 1,000 more. How many?", "answer": "3 + 1000 = 1003\n#### 1,003"},
+    {"question": "2 + 2?", "answer": "#### 4"},
+]
+MATH = [
+    {"problem": "Simplify $\\frac{2}{4}$.", "solution": "It is $\\boxed{\\frac{1}{2}}$.", "level": "Level 1"},
+    {"problem": "Solve $x+1=4$.", "solution": "So $x = \\boxed{3}$."},
+]
+GPQA = [
+    {
+        "Question": "Which is a noble gas?",
+        "Correct Answer": "Neon",
+        "Incorrect Answer 1": "Nitrogen",
+        "Incorrect Answer 2": "Oxygen",
+        "Incorrect Answer 3": "Sodium",
+    }
+]
 
 
 def test_every_format(tmp_path):
     _parquet(tmp_path / "gsm8k" / "main" / "test-00000-of-00001.parquet", GSM)
     _jsonl(tmp_path / "math" / "train.jsonl", MATH)
-    _jsonl(tmp_path / "math500" / "test.jsonl", [{"problem": "1+1?", "solution": "\\boxed{2}", "answer": "2"}])
+    _jsonl(
+        tmp_path / "math500" / "test.jsonl", [{"problem": "1+1?", "solution": "\\boxed{2}", "answer": "2"}]
+    )
     (tmp_path / "metamath_math").mkdir()
-    (tmp_path / "metamath_math" / "train.json").write_text(json.dumps([
-        {"query": "What is 1/2 + 1/2?", "response": "Sum.\nThe answer is: 1", "type": "MATH_AnsAug"},
-        {"query": "Apples?", "response": "The answer is: 4", "type": "GSM_AnsAug"}]))
+    (tmp_path / "metamath_math" / "train.json").write_text(
+        json.dumps(
+            [
+                {"query": "What is 1/2 + 1/2?", "response": "Sum.\nThe answer is: 1", "type": "MATH_AnsAug"},
+                {"query": "Apples?", "response": "The answer is: 4", "type": "GSM_AnsAug"},
+            ]
+        )
+    )
     (tmp_path / "gpqa").mkdir()
     with (tmp_path / "gpqa" / "train_diamond.csv").open("w") as f:
         import csv
+
         w = csv.DictWriter(f, fieldnames=list(GPQA[0]))
         w.writeheader()
         w.writerows(GPQA)
-    _jsonl(tmp_path / "mmlu_pro" / "test.jsonl", [
-        {"question": "2*3?", "options": ["5", "6", "7", "8", "9"], "answer": "B", "answer_index": 1}])
-    _parquet(tmp_path / "mmlu_redux" / "anatomy" / "test-00000.parquet", [
-        {"question": "Bones in adult?", "choices": ["206", "300", "12", "1"], "answer": 0, "error_type": "ok"},
-        {"question": "Bad?", "choices": ["a", "b", "c", "d"], "answer": 1, "error_type": "bad_question_clarity"}])
+    _jsonl(
+        tmp_path / "mmlu_pro" / "test.jsonl",
+        [{"question": "2*3?", "options": ["5", "6", "7", "8", "9"], "answer": "B", "answer_index": 1}],
+    )
+    _parquet(
+        tmp_path / "mmlu_redux" / "anatomy" / "test-00000.parquet",
+        [
+            {
+                "question": "Bones in adult?",
+                "choices": ["206", "300", "12", "1"],
+                "answer": 0,
+                "error_type": "ok",
+            },
+            {
+                "question": "Bad?",
+                "choices": ["a", "b", "c", "d"],
+                "answer": 1,
+                "error_type": "bad_question_clarity",
+            },
+        ],
+    )
 
     gsm = load_local(tmp_path, "gsm8k", "test")
     assert [p.answer for p in gsm] == ["1003", "4"] and gsm[0].task == "math" and gsm[0].source == "gsm8k"
@@ -68,7 +104,9 @@ def test_every_format(tmp_path):
 
 def test_ids_are_content_hashes_stable_across_files_and_runs(tmp_path):
     a = load_local(_jsonl(tmp_path / "a" / "gsm8k" / "test.jsonl", GSM).parent.parent, "gsm8k", "test")
-    b = load_local(_parquet(tmp_path / "b" / "gsm8k" / "test.parquet", GSM[::-1]).parent.parent, "gsm8k", "test")
+    b = load_local(
+        _parquet(tmp_path / "b" / "gsm8k" / "test.parquet", GSM[::-1]).parent.parent, "gsm8k", "test"
+    )
     assert {p.id for p in a} == {p.id for p in b}
     # A golden value: if it changes, prompt ids of stored rollouts change. Only change it on purpose.
     assert a[1].id == "42245fcbaca9e5d4"
@@ -77,11 +115,15 @@ def test_ids_are_content_hashes_stable_across_files_and_runs(tmp_path):
 
 
 def test_skipped_rows_are_counted_in_the_log(tmp_path, caplog):
-    _jsonl(tmp_path / "metamath_math" / "train.jsonl", [
-        {"query": "q1", "response": "The answer is: 1", "type": "MATH_SV"},
-        {"query": "q1", "response": "The answer is: 1", "type": "MATH_SV"},
-        {"query": "q2", "response": "The answer is: 2", "type": "GSM_SV"},
-        {"query": "q3", "response": "The answer is: 3", "type": "GSM_FOBAR"}])
+    _jsonl(
+        tmp_path / "metamath_math" / "train.jsonl",
+        [
+            {"query": "q1", "response": "The answer is: 1", "type": "MATH_SV"},
+            {"query": "q1", "response": "The answer is: 1", "type": "MATH_SV"},
+            {"query": "q2", "response": "The answer is: 2", "type": "GSM_SV"},
+            {"query": "q3", "response": "The answer is: 3", "type": "GSM_FOBAR"},
+        ],
+    )
     with caplog.at_level(logging.INFO):
         assert len(load_local(tmp_path, "metamath_math", "train")) == 1
     log = caplog.text
@@ -110,12 +152,32 @@ BAD_ROWS = [
     ("gsm8k", [{"question": 7, "answer": "#### 7"}], [], ["line 1", "'question'", "int"]),
     ("gsm8k", [], ["[1, 2]\n"], ["line 1", "expected an object"]),
     ("math", [{"problem": "p", "solution": "no box here"}], [], ["line 1", "\\boxed"]),
-    ("metamath_math", [{"query": "q", "response": "no final line", "type": "MATH_SV"}], [], ["The answer is"]),
-    ("mmlu_pro", [{"question": "q", "options": ["a", "b"], "answer": "C"}], [], ["line 1", "'answer'", "'C'"]),
-    ("mmlu_pro", [{"question": "q", "options": ["a", "b"], "answer": "A", "answer_index": 1}], [], ["disagree"]),
+    (
+        "metamath_math",
+        [{"query": "q", "response": "no final line", "type": "MATH_SV"}],
+        [],
+        ["The answer is"],
+    ),
+    (
+        "mmlu_pro",
+        [{"question": "q", "options": ["a", "b"], "answer": "C"}],
+        [],
+        ["line 1", "'answer'", "'C'"],
+    ),
+    (
+        "mmlu_pro",
+        [{"question": "q", "options": ["a", "b"], "answer": "A", "answer_index": 1}],
+        [],
+        ["disagree"],
+    ),
     ("mmlu_pro", [{"question": "q", "options": "a, b", "answer": "A"}], [], ["'options'", "list"]),
     ("mmlu_redux", [{"question": "q", "choices": ["a", "b"], "answer": 5}], [], ["'answer'", "5"]),
-    ("gpqa", [{"Question": "q", "Correct Answer": "a", "Incorrect Answer 1": "b"}], [], ["Incorrect Answer 2"]),
+    (
+        "gpqa",
+        [{"Question": "q", "Correct Answer": "a", "Incorrect Answer 1": "b"}],
+        [],
+        ["Incorrect Answer 2"],
+    ),
 ]
 
 

@@ -1,4 +1,5 @@
 """Math answers: extraction from tags and boxes, equivalence by math-verify, normalisation for repeats."""
+
 import pytest
 
 from drift_jax.envs import answers_equal, check_math, extract_math_answer, normalize_answer
@@ -141,4 +142,7 @@ def test_check_math_in_a_thread():
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(2) as pool:
-        assert list(pool.map(check_math, ["<answer>0.5</answer>", "<answer>2</answer>"], ["1/2", "3"])) == [True, False]
+        assert list(pool.map(check_math, ["<answer>0.5</answer>", "<answer>2</answer>"], ["1/2", "3"])) == [
+            True,
+            False,
+        ]

@@ -1,9 +1,10 @@
 """The synthetic task: seeded problems, disjoint splits, knobs, verifier, demonstrations, token lengths."""
+
 import collections
 
 import pytest
 
-from drift_jax.envs import SYNTHETIC_TOKENIZER, ChatFormat, Env, synthetic
+from drift_jax.envs import SYNTHETIC_TOKENIZER, ChatFormat, Env
 from drift_jax.envs.synthetic import demonstrations, extract_integer, make_problems, split_of, verify
 
 

@@ -5,6 +5,7 @@ messages (the ONE prompt template) -> `ChatFormat` turns them into tokens -> the
 `Env.step` verifies, records the turn and gives the feedback -> `ChatFormat.feedback_ids` opens the
 next assistant turn.
 """
+
 from drift_jax.envs import builders, choice, files, math_task, synthetic
 from drift_jax.envs.base import TASKS, Env, first_messages, user_prompt, verify
 from drift_jax.envs.builders import load_problems
@@ -15,8 +16,32 @@ from drift_jax.envs.math_task import answers_equal, check_math, extract_math_ans
 from drift_jax.envs.records import DEFAULT_FEEDBACK, Episode, Problem, StepResult, Turn, Verdict, content_id
 
 __all__ = [
-    "DEFAULT_FEEDBACK", "SYNTHETIC_TOKENIZER", "TASKS", "ChatFormat", "Env", "Episode", "MalformedRowError",
-    "Problem", "StepResult", "Turn", "Verdict", "answers_equal", "builders", "check_math", "choice",
-    "choice_problem", "content_id", "extract_letter", "extract_math_answer", "files", "first_messages",
-    "load_local", "load_problems", "math_task", "normalize_answer", "synthetic", "user_prompt", "verify",
+    "DEFAULT_FEEDBACK",
+    "SYNTHETIC_TOKENIZER",
+    "TASKS",
+    "ChatFormat",
+    "Env",
+    "Episode",
+    "MalformedRowError",
+    "Problem",
+    "StepResult",
+    "Turn",
+    "Verdict",
+    "answers_equal",
+    "builders",
+    "check_math",
+    "choice",
+    "choice_problem",
+    "content_id",
+    "extract_letter",
+    "extract_math_answer",
+    "files",
+    "first_messages",
+    "load_local",
+    "load_problems",
+    "math_task",
+    "normalize_answer",
+    "synthetic",
+    "user_prompt",
+    "verify",
 ]

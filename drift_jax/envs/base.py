@@ -4,6 +4,7 @@ reset(problems) gives each episode's first messages; step(responses) verifies on
 row and gives the verdict, the reward and the feedback. An episode ends at its first correct answer or
 after `max_turns`. Every turn is recorded, so returns (issue 6) can be computed from the episodes.
 """
+
 from __future__ import annotations
 
 import types
@@ -17,7 +18,9 @@ TASKS: dict[str, types.ModuleType] = {"synthetic": synthetic, "math": math_task,
 
 def _task(problem: Problem) -> types.ModuleType:
     if problem.task not in TASKS:
-        raise ValueError(f"problem {problem.id}: unknown task {problem.task!r}, expected one of {sorted(TASKS)}")
+        raise ValueError(
+            f"problem {problem.id}: unknown task {problem.task!r}, expected one of {sorted(TASKS)}"
+        )
     return TASKS[problem.task]
 
 
@@ -40,7 +43,9 @@ def verify(problem: Problem, response: str) -> Verdict:
 class Env:
     """A batch of episodes. Not thread-safe; one per rollout batch."""
 
-    def __init__(self, max_turns: int = 5, feedback: str = DEFAULT_FEEDBACK, system_prompt: str | None = None):
+    def __init__(
+        self, max_turns: int = 5, feedback: str = DEFAULT_FEEDBACK, system_prompt: str | None = None
+    ):
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
         self.max_turns = max_turns
@@ -82,6 +87,7 @@ class Env:
             feedback = None if episode.done else self.feedback
             if feedback is not None:
                 episode.messages.append({"role": "user", "content": feedback})
-            results.append(StepResult(row, verdict.parsed_answer, verdict.format_ok, reward, episode.done, feedback))
+            results.append(
+                StepResult(row, verdict.parsed_answer, verdict.format_ok, reward, episode.done, feedback)
+            )
         return results
-

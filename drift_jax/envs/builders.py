@@ -4,6 +4,7 @@ The synthetic task generates its data; math and multiple choice read local files
 (see files.py), because nothing may be downloaded at run time. Read back with `tfds.data_source` or
 `load_problems`, which returns `Problem` records.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,11 @@ from drift_jax.envs import files, synthetic
 from drift_jax.envs.records import Problem
 
 FEATURES = {
-    "id": tfds.features.Text(), "task": tfds.features.Text(), "question": tfds.features.Text(),
-    "answer": tfds.features.Text(), "options": tfds.features.Sequence(tfds.features.Text()),
+    "id": tfds.features.Text(),
+    "task": tfds.features.Text(),
+    "question": tfds.features.Text(),
+    "answer": tfds.features.Text(),
+    "options": tfds.features.Sequence(tfds.features.Text()),
     "source": tfds.features.Text(),
 }
 
@@ -39,8 +43,9 @@ class _Builder(tfds.core.GeneratorBasedBuilder):
 
 
 def _info(builder: tfds.core.DatasetBuilder, description: str) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(builder=builder, description=description,
-                                 features=tfds.features.FeaturesDict(FEATURES))
+    return tfds.core.DatasetInfo(
+        builder=builder, description=description, features=tfds.features.FeaturesDict(FEATURES)
+    )
 
 
 def _examples(problems: list[Problem]):
@@ -91,7 +96,8 @@ class _LocalBuilder(_Builder):
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Put the files exported from the HF hub in <manual_dir>/<format>/<split>*.jsonl (or .json, .parquet, "
-        "or .csv). Formats and sources:\n" + "\n".join(f"  {k}: {v[2]}" for k, v in files.FORMATS.items()))
+        "or .csv). Formats and sources:\n" + "\n".join(f"  {k}: {v[2]}" for k, v in files.FORMATS.items())
+    )
 
     def _split_generators(self, dl_manager):
         fmt = self.builder_config.name
@@ -99,8 +105,10 @@ class _LocalBuilder(_Builder):
             manual_dir = dl_manager.manual_dir
         except AssertionError as e:  # tfds's own message does not say which files
             splits = files.FORMATS[fmt][1]
-            raise FileNotFoundError(f"{e}\nExpected for {fmt}: " + ", ".join(
-                f"{dl_manager._manual_dir}/{fmt}/{s}*.jsonl" for s in splits)) from None
+            raise FileNotFoundError(
+                f"{e}\nExpected for {fmt}: "
+                + ", ".join(f"{dl_manager._manual_dir}/{fmt}/{s}*.jsonl" for s in splits)
+            ) from None
         found, missing = {}, []
         for split in files.FORMATS[fmt][1]:
             try:
@@ -132,10 +140,13 @@ class DriftChoice(_LocalBuilder):
 
 
 def builder(name: str, data_dir: str | pathlib.Path, **synthetic_knobs) -> tfds.core.DatasetBuilder:
-    """`synthetic` (knobs: see SyntheticConfig) or a local format (files.FORMATS), as an array_record builder."""
+    """`synthetic` (knobs: see SyntheticConfig) or a local format (files.FORMATS), writing array_record."""
     if name == "synthetic":
-        return DriftSynthetic(config=SyntheticConfig.named(**synthetic_knobs), data_dir=str(data_dir),
-                              file_format="array_record")
+        return DriftSynthetic(
+            config=SyntheticConfig.named(**synthetic_knobs),
+            data_dir=str(data_dir),
+            file_format="array_record",
+        )
     if synthetic_knobs:
         raise ValueError(f"{name}: knobs {sorted(synthetic_knobs)} only apply to the synthetic task")
     for cls in (DriftMath, DriftChoice):
@@ -144,16 +155,28 @@ def builder(name: str, data_dir: str | pathlib.Path, **synthetic_knobs) -> tfds.
     raise ValueError(f"unknown task dataset {name!r}: expected 'synthetic' or one of {sorted(files.FORMATS)}")
 
 
-def load_problems(name: str, split: str, data_dir: str | pathlib.Path,
-                  manual_dir: str | pathlib.Path | None = None, **synthetic_knobs) -> list[Problem]:
+def load_problems(
+    name: str,
+    split: str,
+    data_dir: str | pathlib.Path,
+    manual_dir: str | pathlib.Path | None = None,
+    **synthetic_knobs,
+) -> list[Problem]:
     """Prepares the dataset once (later calls reuse it) and returns one split as problems."""
     b = builder(name, data_dir, **synthetic_knobs)
-    b.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=str(manual_dir) if manual_dir is not None else None))
+    b.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=str(manual_dir) if manual_dir is not None else None
+        )
+    )
     if split not in b.info.splits:
-        expected = f"; expected file: {pathlib.Path(manual_dir or '') / name}/{split}*.jsonl" if manual_dir else ""
-        raise ValueError(f"{name} has no split {split!r} (prepared: {sorted(b.info.splits)}){expected}. Prepared "
-                         f"data is reused: delete {b.data_dir} to rebuild after adding files")
+        expected = (
+            f"; expected file: {pathlib.Path(manual_dir or '') / name}/{split}*.jsonl" if manual_dir else ""
+        )
+        raise ValueError(
+            f"{name} has no split {split!r} (prepared: {sorted(b.info.splits)}){expected}. Prepared "
+            f"data is reused: delete {b.data_dir} to rebuild after adding files"
+        )
     source = b.as_data_source(split)
     out = []
     for i in range(len(source)):

@@ -1,8 +1,9 @@
-"""Chat formatting through a HF tokenizer directory: the chat template rendered as transformers does, tokenized.
+"""Chat formatting through a HF tokenizer directory: its chat template rendered as transformers does.
 
 The same object serves rollouts and evaluation, so both see the same tokens. `feedback_ids` is derived by
 rendering the template, never hard-coded, so a Qwen, Llama or the synthetic tokenizer all work.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -36,12 +37,20 @@ def _compile(template: str) -> jinja2.Template:
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
 
-    def tojson(x: object, ensure_ascii: bool = False, indent: int | None = None, separators=None,
-               sort_keys: bool = False) -> str:
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    def tojson(
+        x: object,
+        ensure_ascii: bool = False,
+        indent: int | None = None,
+        separators=None,
+        sort_keys: bool = False,
+    ) -> str:
+        return json.dumps(
+            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        )
 
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
+    )
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
@@ -51,7 +60,9 @@ def _compile(template: str) -> jinja2.Template:
 class ChatFormat:
     """A tokenizer plus its chat template. Build with `ChatFormat.from_pretrained(tokenizer_dir)`."""
 
-    def __init__(self, tokenizer: tokenizers.Tokenizer, chat_template: str, special_tokens: dict[str, str | None]):
+    def __init__(
+        self, tokenizer: tokenizers.Tokenizer, chat_template: str, special_tokens: dict[str, str | None]
+    ):
         self.tokenizer = tokenizer
         self._template = _compile(chat_template)
         self._special = {k: v for k, v in special_tokens.items() if v is not None}
@@ -60,7 +71,9 @@ class ChatFormat:
             raise ValueError(f"eos token {eos!r} is not in the vocabulary")
         self.eos_id: int = tokenizer.token_to_id(eos)
         pad = self._special.get("pad_token")
-        self.pad_id: int = tokenizer.token_to_id(pad) if pad and tokenizer.token_to_id(pad) is not None else self.eos_id
+        self.pad_id: int = (
+            tokenizer.token_to_id(pad) if pad and tokenizer.token_to_id(pad) is not None else self.eos_id
+        )
         self.end_of_turn_id, self._end_of_turn = self._find_end_of_turn()
         self.stop_token_ids: tuple[int, ...] = tuple(dict.fromkeys([self.end_of_turn_id, self.eos_id]))
 
@@ -83,8 +96,9 @@ class ChatFormat:
         return cls(tokenizers.Tokenizer.from_file(str(path / "tokenizer.json")), template, special)
 
     def render(self, messages: Messages, add_generation_prompt: bool = False) -> str:
-        return self._template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                                     **self._special)
+        return self._template.render(
+            messages=list(messages), add_generation_prompt=add_generation_prompt, **self._special
+        )
 
     def encode(self, text: str) -> list[int]:
         """Token ids of text; special tokens in the text are recognised, none are added."""
@@ -102,10 +116,13 @@ class ChatFormat:
         full = self.render([{"role": "user", "content": _PING}, {"role": "assistant", "content": _PONG}])
         if not full.startswith(head + _PONG):
             raise ValueError("chat template: the generation prompt is not a prefix of the rendered reply")
-        tail = full[len(head + _PONG):]
+        tail = full[len(head + _PONG) :]
         ids = self.encode(tail)
-        if not ids or self.tokenizer.id_to_token(ids[0]) is None or not tail.startswith(
-                self.tokenizer.id_to_token(ids[0])):
+        if (
+            not ids
+            or self.tokenizer.id_to_token(ids[0]) is None
+            or not tail.startswith(self.tokenizer.id_to_token(ids[0]))
+        ):
             raise ValueError(f"chat template: no end-of-turn token after an assistant reply (tail {tail!r})")
         return ids[0], self.tokenizer.id_to_token(ids[0])
 
@@ -118,8 +135,10 @@ class ChatFormat:
     def _feedback_ids(self, feedback: str) -> tuple[int, ...]:
         user = [{"role": "user", "content": _PING}]
         before = self.render(user, add_generation_prompt=True) + _PONG + self._end_of_turn
-        after = self.render(user + [{"role": "assistant", "content": _PONG}, {"role": "user", "content": feedback}],
-                            add_generation_prompt=True)
+        after = self.render(
+            user + [{"role": "assistant", "content": _PONG}, {"role": "user", "content": feedback}],
+            add_generation_prompt=True,
+        )
         if not after.startswith(before):
             raise ValueError("chat template: a later turn re-renders earlier ones, cannot append feedback")
-        return tuple(self.encode(after[len(before):]))
+        return tuple(self.encode(after[len(before) :]))

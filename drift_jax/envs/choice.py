@@ -1,4 +1,5 @@
-"""Multiple choice (GPQA, MMLU-Pro, MMLU-Redux): deterministic option shuffling and robust letter extraction."""
+"""Multiple choice (GPQA, MMLU-Pro, MMLU-Redux): deterministic option shuffling, robust letter extraction."""
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,12 @@ def choice_problem(
         order.sort(key=lambda i: (hashlib.sha256(f"{pid}:{options[i]}".encode()).hexdigest(), i))
     shuffled = tuple(options[i] for i in order)
     return Problem(
-        id=pid, task="choice", question=question.strip(), answer=LETTERS[order.index(gold_index)],
-        options=shuffled, source=source,
+        id=pid,
+        task="choice",
+        question=question.strip(),
+        answer=LETTERS[order.index(gold_index)],
+        options=shuffled,
+        source=source,
     )
 
 
@@ -73,7 +78,7 @@ def letter_of(content: str, options: Sequence[str]) -> str | None:
 
 
 def extract_letter(response: str, options: Sequence[str]) -> str | None:
-    """The letter of a response: from `<answer>` blocks (else `\\boxed{}`); None if absent or they disagree."""
+    """The letter of a response, from `<answer>` blocks (else `\\boxed{}`); None if absent or ambiguous."""
     contents = _ANSWER_TAG.findall(response) or boxed_contents(response)
     letters = {letter_of(c, options) for c in contents}
     return letters.pop() if len(letters) == 1 else None

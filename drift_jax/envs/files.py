@@ -3,6 +3,7 @@
 A missing file names the files expected and where; a malformed row names the file, the line (JSONL, CSV)
 or row (JSON array, parquet) and what is wrong; a row left out on purpose is counted and logged.
 """
+
 from __future__ import annotations
 
 import collections
@@ -107,15 +108,20 @@ def _mmlu_redux(row: dict[str, Any]) -> Problem:  # MMLU-Redux: question, choice
     if error != "ok":
         raise Skip(f"error_type {error}")
     options = _options(row, "choices")
-    return choice_problem(_text(row, "question"), options, _gold_index(row.get("answer"), len(options), "answer"),
-                          "mmlu_redux")
+    return choice_problem(
+        _text(row, "question"), options, _gold_index(row.get("answer"), len(options), "answer"), "mmlu_redux"
+    )
 
 
 FORMATS: dict[str, tuple[Callable[[dict[str, Any]], Problem], tuple[str, ...], str]] = {
     # name: (row converter, splits, where to get it)
     "math": (_hendrycks_math, ("train", "test"), "hendrycks/competition_math or EleutherAI/hendrycks_math"),
     "math500": (_hendrycks_math, ("test",), "HuggingFaceH4/MATH-500"),
-    "metamath_math": (_metamath, ("train",), "meta-math/MetaMathQA (MetaMathQA-395K.json renamed train.json)"),
+    "metamath_math": (
+        _metamath,
+        ("train",),
+        "meta-math/MetaMathQA (MetaMathQA-395K.json renamed train.json)",
+    ),
     "gsm8k": (_gsm8k, ("train", "test"), "openai/gsm8k, config main"),
     "gpqa": (_gpqa, ("train",), "Idavidrein/gpqa, e.g. gpqa_diamond"),
     "mmlu_pro": (_mmlu_pro, ("test", "validation"), "TIGER-Lab/MMLU-Pro"),
@@ -131,8 +137,10 @@ def find_files(manual_dir: str | pathlib.Path, fmt: str, split: str) -> list[pat
     found = sorted(p for p in root.rglob(f"{split}*") if p.is_file() and p.name.endswith(EXTENSIONS))
     if not found:
         raise FileNotFoundError(
-            f"no {split} file for {fmt}: expected {root}/{split}*.jsonl (or .json, .parquet, .csv; subfolders "
-            f"allowed), as exported from the HF hub dataset {FORMATS[fmt][2]}. Nothing is downloaded at run time.")
+            f"no {split} file for {fmt}: expected {root}/{split}*.jsonl (or .json, .parquet, .csv; "
+            f"subfolders allowed), as exported from the HF hub dataset {FORMATS[fmt][2]}. "
+            "Nothing is downloaded at run time."
+        )
     return found
 
 
@@ -158,7 +166,9 @@ def read_rows(path: pathlib.Path) -> Iterator[tuple[str, dict[str, Any]]]:
             try:
                 rows = json.loads(b"\n".join(lines))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise MalformedRowError(f"{path}: line {getattr(e, 'lineno', '?')}: invalid JSON ({e})") from e
+                raise MalformedRowError(
+                    f"{path}: line {getattr(e, 'lineno', '?')}: invalid JSON ({e})"
+                ) from e
             yield from ((f"row {i}", r) for i, r in enumerate(rows, 1))
             return
         for n, line in enumerate(lines, 1):
@@ -169,7 +179,9 @@ def read_rows(path: pathlib.Path) -> Iterator[tuple[str, dict[str, Any]]]:
             except UnicodeDecodeError as e:
                 raise MalformedRowError(f"{path}: line {n}: not UTF-8 ({e.reason} at byte {e.start})") from e
             except json.JSONDecodeError as e:
-                raise MalformedRowError(f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno})") from e
+                raise MalformedRowError(
+                    f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno})"
+                ) from e
 
 
 def load_local(manual_dir: str | pathlib.Path, fmt: str, split: str) -> list[Problem]:

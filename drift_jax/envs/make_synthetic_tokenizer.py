@@ -1,9 +1,10 @@
-"""Writes the synthetic task's tokenizer (byte-level BPE + ChatML template) to drift_jax/assets/synthetic_tokenizer.
+"""Writes the synthetic task's tokenizer (byte-level BPE, ChatML template) to assets/synthetic_tokenizer.
 
 Run `python -m drift_jax.envs.make_synthetic_tokenizer` after changing the task's text; the files are
 committed so the synthetic task loads through exactly the code path of a Qwen tokenizer directory.
 Byte-level BPE means any text round-trips (a custom feedback message too); digits stay single tokens.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,10 @@ SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 ADDED = ["<answer>", "</answer>"]
 VOCAB_SIZE = 320
 # Qwen2's pre-tokenizer split (digits one by one), then bytes.
-SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-         r"|\s+(?!\S)|\s+")
+SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
@@ -40,15 +43,21 @@ def corpus() -> list[str]:
 
 def build() -> Tokenizer:
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL])
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ADDED])
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=SPECIAL, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=SPECIAL,
+        show_progress=False,
+    )
     tok.train_from_iterator(corpus(), trainer=trainer)
     return tok
 
@@ -57,8 +66,17 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     tok = build()
     tok.save(str(OUT / "tokenizer.json"))
-    added = {str(tok.token_to_id(t)): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
-                                       "single_word": False, "special": t in SPECIAL} for t in SPECIAL + ADDED}
+    added = {
+        str(tok.token_to_id(t)): {
+            "content": t,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": t in SPECIAL,
+        }
+        for t in SPECIAL + ADDED
+    }
     config = {
         "added_tokens_decoder": added,
         "bos_token": None,

@@ -1,4 +1,5 @@
 """Math answers: extraction from `<answer>` tags or `\\boxed{}`, and equivalence checked with math-verify."""
+
 from __future__ import annotations
 
 import fractions
@@ -94,8 +95,11 @@ def _parse(answer: str) -> tuple:
         return ()
     answer = _SCIENTIFIC.fullmatch(answer) and _SCIENTIFIC.sub(r"\1 \\times 10^{\2}", answer) or answer
     words = _WORD.findall(re.sub(r"\\[a-zA-Z]+\s*(?:\{[^{}]*\})?", " ", answer))
-    parsed = [] if len(words) >= 2 else math_verify.parse("\\boxed{" + answer + "}", _BOXED_ONLY,
-                                                          parsing_timeout=_timeout())
+    parsed = (
+        []
+        if len(words) >= 2
+        else math_verify.parse("\\boxed{" + answer + "}", _BOXED_ONLY, parsing_timeout=_timeout())
+    )
     if not any(not isinstance(p, str) for p in parsed):
         parsed = math_verify.parse(answer, parsing_timeout=_timeout()) or parsed
     return tuple(p for p in parsed if not isinstance(p, str))

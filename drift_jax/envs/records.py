@@ -1,4 +1,5 @@
 """Records shared by every task: the problem, one turn of an episode, the episode, and the step result."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -84,5 +85,6 @@ class StepResult:
     reward: float
     done: bool
     feedback: str | None  # the next user message; None when the episode is done
+
 
 DEFAULT_FEEDBACK = "Incorrect. Please think again."  # the paper's feedback message

@@ -12,6 +12,7 @@ format was learned, the residue was at chance (22% first turn), and greedy decod
 answer after "Incorrect" every time. That repetition is what DRIFT should unlearn.
 The split of a problem is a hash of its question, so train and test are disjoint for every seed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -85,11 +86,14 @@ def make_problems(
         if question in problems or split_of(question, test_fraction) != split:
             continue
         answer = str(value)
-        problems[question] = Problem(content_id("synthetic", question, answer), "synthetic", question, answer,
-                                     source="synthetic")
+        problems[question] = Problem(
+            content_id("synthetic", question, answer), "synthetic", question, answer, source="synthetic"
+        )
     if len(problems) < n:
-        raise ValueError(f"only {len(problems)} distinct {split} problems found, asked for {n}: "
-                         "raise max_digits or num_operands")
+        raise ValueError(
+            f"only {len(problems)} distinct {split} problems found, asked for {n}: "
+            "raise max_digits or num_operands"
+        )
     return list(problems.values())
 
 
@@ -140,8 +144,10 @@ def demonstrations(
         wrong = _wrong_answers(problem)
         k = int(rng.integers(0, min(max_wrong_turns, len(wrong)) + 1)) if max_wrong_turns else 0
         for w in rng.choice(wrong, size=k, replace=False) if k else []:
-            messages += [{"role": "assistant", "content": f"<answer>{w}</answer>"},
-                         {"role": "user", "content": feedback}]
+            messages += [
+                {"role": "assistant", "content": f"<answer>{w}</answer>"},
+                {"role": "user", "content": feedback},
+            ]
         messages.append({"role": "assistant", "content": f"<answer>{problem.answer}</answer>"})
         out.append(messages)
     return out
