@@ -26,7 +26,9 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from drift_jax import sharding
-from drift_jax.model import CACHE_LOGICAL, Cache, ModelConfig, Params, forward, init_cache
+from drift_jax.model import (
+    CACHE_LOGICAL, MLP, Cache, ModelConfig, Params, RMSNorm, apply_rope, forward, init_cache, rope_inv_freq,
+)
 
 _BUCKET = 16  # prompt / cache lengths are rounded up to this to limit recompiles
 
@@ -212,6 +214,61 @@ def _sample_row(logits_V: jax.Array, key: jax.Array, sampling: Sampling) -> jax.
     return jax.random.categorical(key, logits_V).astype(jnp.int32)
 
 
+# ----------------------------------------------------------------------------- one decode step
+# `model.forward` with a cache computes the same thing; this version exists for speed only. It takes the
+# layers as a list sliced once per decode call (the scanned model re-slices every weight and re-stacks
+# the cache on every step) and attends for a single query without transposing the cache. The tests
+# pin it to the full forward and to transformers.
+
+
+def _unstack(tree, n: int) -> list:
+    return [jax.tree.map(lambda x: x[i], tree) for i in range(n)]
+
+
+def _attend_one(cfg: ModelConfig, p, x_Bx1xD, k_BxSxKxH, v_BxSxKxH, positions_Bx1, write_Bx1, mask_BxS):
+    n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    dt = jnp.dtype(cfg.dtype)
+    q = jnp.einsum("BTD,DNH->BTNH", x_Bx1xD, p["q"].astype(dt))
+    kk = jnp.einsum("BTD,DKH->BTKH", x_Bx1xD, p["k"].astype(dt))
+    vv = jnp.einsum("BTD,DKH->BTKH", x_Bx1xD, p["v"].astype(dt))
+    if cfg.qkv_bias:
+        q, kk, vv = q + p["q_bias"].astype(dt), kk + p["k_bias"].astype(dt), vv + p["v_bias"].astype(dt)
+    inv_freq = rope_inv_freq(cfg)
+    q, kk = apply_rope(q, positions_Bx1, inv_freq), apply_rope(kk, positions_Bx1, inv_freq)
+    rows_B1 = jnp.arange(x_Bx1xD.shape[0])[:, None]
+    k_BxSxKxH = k_BxSxKxH.at[rows_B1, write_Bx1].set(kk.astype(k_BxSxKxH.dtype), mode="drop")
+    v_BxSxKxH = v_BxSxKxH.at[rows_B1, write_Bx1].set(vv.astype(v_BxSxKxH.dtype), mode="drop")
+    # Multiply-reduce instead of a dot: reads the [B, S, K, H] cache in place, no per-step transpose.
+    q_Bx1xKxGxH = q.reshape(-1, 1, k, n // k, h).astype(jnp.float32) / np.sqrt(h)
+    scores_BxSxKxG = jnp.sum(q_Bx1xKxGxH * k_BxSxKxH[:, :, :, None, :].astype(jnp.float32), axis=-1)
+    scores_BxSxKxG = jnp.where(mask_BxS[:, :, None, None], scores_BxSxKxG, jnp.finfo(jnp.float32).min)
+    probs_BxSxKxG = jax.nn.softmax(scores_BxSxKxG, axis=1).astype(dt)
+    out_BxKxGxH = jnp.sum(probs_BxSxKxG[..., None] * v_BxSxKxH[:, :, :, None, :].astype(dt), axis=1)
+    y = jnp.einsum("BTNH,NHD->BTD", out_BxKxGxH.reshape(q.shape), p["o"].astype(dt))
+    return y, k_BxSxKxH, v_BxSxKxH
+
+
+def _step_logits(params, layers: list, cfg: ModelConfig, tok_B, kv: list, lengths_B, num_new_B):
+    """Next-token logits after feeding tok_B (written to the cache where num_new_B is 1)."""
+    s = kv[0][0].shape[1]
+    positions_Bx1 = lengths_B[:, None]
+    write_Bx1 = jnp.where(num_new_B[:, None] > 0, positions_Bx1, s)  # s: dropped, never written
+    mask_BxS = jnp.arange(s)[None, :] <= positions_Bx1
+    x = jnp.take(params["embedding"], tok_B[:, None], axis=0).astype(jnp.dtype(cfg.dtype))
+    new_kv = []
+    for p, (k_cache, v_cache) in zip(layers, kv):
+        normed = RMSNorm(cfg).apply({"params": p["attn_norm"]}, x)
+        y, k_cache, v_cache = _attend_one(cfg, p["attn"], normed, k_cache, v_cache, positions_Bx1, write_Bx1, mask_BxS)
+        x = x + y
+        x = x + MLP(cfg).apply({"params": p["mlp"]}, RMSNorm(cfg).apply({"params": p["mlp_norm"]}, x))
+        x = sharding.constrain(x, ("batch", "length", "act_embed"))
+        new_kv.append((k_cache, v_cache))
+    x = RMSNorm(cfg).apply({"params": params["final_norm"]}, x)
+    head = params["embedding"].T if cfg.tie_embeddings else params["lm_head"]
+    logits_BxV = jnp.einsum("BD,DV->BV", x[:, 0], head.astype(x.dtype), preferred_element_type=jnp.float32)
+    return sharding.constrain(logits_BxV, ("batch", "act_vocab")), new_kv
+
+
 # ----------------------------------------------------------------------------- decode
 
 
@@ -233,21 +290,26 @@ def _decode(params, config: ModelConfig, state: DecodeState, keys_B, active_B, *
         i, _, _, done_B = carry
         return (i < max_new_tokens) & ~jnp.all(done_B)
 
+    # Sliced once here, not on every step (see _step_logits).
+    layers = _unstack(params["layers"], config.num_layers)
+    kv0 = list(zip(*(_unstack(c, config.num_layers) for c in (state.cache.k_LxBxSxKxH, state.cache.v_LxBxSxKxH))))
+
     def body(carry):
-        i, st, out, done_B = carry
+        i, (kv, lengths_B, logits_BxV), out, done_B = carry
         alive_B = ~done_B
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_B, i)
-        tok_B = sample_tokens(st.logits_BxV, step_keys, sampling)
-        logp_B = jnp.take_along_axis(jax.nn.log_softmax(st.logits_BxV), tok_B[:, None], axis=1)[:, 0]
+        tok_B = sample_tokens(logits_BxV, step_keys, sampling)
+        logp_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BxV), tok_B[:, None], axis=1)[:, 0]
         tok_B = jnp.where(alive_B, tok_B, sampling.pad_id)
         logp_B = jnp.where(alive_B, logp_B, 0.0)
         # Every emitted token, the stop token included, goes into the cache for the next turn.
-        logits, cache = forward(params, config, tok_B[:, None], cache=st.cache, num_new_B=alive_B.astype(jnp.int32))
-        logits_BxV = jnp.where(alive_B[:, None], logits[:, 0], st.logits_BxV)
+        logits_BxV_new, kv = _step_logits(params, layers, config, tok_B, kv, lengths_B, alive_B.astype(jnp.int32))
+        lengths_B = jnp.minimum(lengths_B + alive_B, s)
+        logits_BxV = jnp.where(alive_B[:, None], logits_BxV_new, logits_BxV)
         num_B = out.num_tokens_B + alive_B
         stopped_B = alive_B & jnp.isin(tok_B, stops)
         ended_B = stopped_B | (num_B >= max_new_tokens)
-        full_B = alive_B & ~ended_B & (cache.lengths_B >= s)
+        full_B = alive_B & ~ended_B & (lengths_B >= s)
         out = Decoded(
             tokens_BxN=jax.lax.dynamic_update_slice(out.tokens_BxN, tok_B[:, None], (0, i)),
             logprobs_BxN=jax.lax.dynamic_update_slice(out.logprobs_BxN, logp_B[:, None], (0, i)),
@@ -255,10 +317,12 @@ def _decode(params, config: ModelConfig, state: DecodeState, keys_B, active_B, *
             finished_B=out.finished_B | stopped_B,
             truncated_B=out.truncated_B | full_B,
         )
-        return i + 1, DecodeState(cache, logits_BxV), out, done_B | ended_B | full_B
+        return i + 1, (kv, lengths_B, logits_BxV), out, done_B | ended_B | full_B
 
-    _, state, out, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out, done0))
-    return state, out
+    init = (jnp.int32(0), (kv0, state.cache.lengths_B, state.logits_BxV), out, done0)
+    _, (kv, lengths_B, logits_BxV), out, _ = jax.lax.while_loop(cond, body, init)
+    cache = Cache(jnp.stack([k for k, _ in kv]), jnp.stack([v for _, v in kv]), lengths_B)
+    return DecodeState(cache, logits_BxV), out
 
 
 @functools.lru_cache(maxsize=64)
