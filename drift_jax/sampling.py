@@ -27,7 +27,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from drift_jax import sharding
 from drift_jax.model import (
-    CACHE_LOGICAL, MLP, Cache, ModelConfig, Params, RMSNorm, apply_rope, forward, init_cache, rope_inv_freq,
+    CACHE_LOGICAL, Cache, ModelConfig, Params, RMSNorm, apply_rope, forward, init_cache, rope_inv_freq,
 )
 
 _BUCKET = 16  # prompt / cache lengths are rounded up to this to limit recompiles
@@ -215,37 +215,58 @@ def _sample_row(logits_V: jax.Array, key: jax.Array, sampling: Sampling) -> jax.
 
 
 # ----------------------------------------------------------------------------- one decode step
-# `model.forward` with a cache computes the same thing; this version exists for speed only. It takes the
-# layers as a list sliced once per decode call (the scanned model re-slices every weight and re-stacks
-# the cache on every step) and attends for a single query without transposing the cache. The tests
-# pin it to the full forward and to transformers.
+# `model.forward` with a cache computes the same thing; this version exists for speed only. The scanned
+# model re-slices every layer's weights and re-stacks the cache on every step; here the layers are
+# sliced, cast and fused (q|k|v, gate|up) once per decode call, the cache is carried as one array per
+# layer, and the single query attends without transposing the cache. Tests pin it to the full
+# forward and to transformers.
 
 
-def _unstack(tree, n: int) -> list:
-    return [jax.tree.map(lambda x: x[i], tree) for i in range(n)]
-
-
-def _attend_one(cfg: ModelConfig, p, x_Bx1xD, k_BxSxKxH, v_BxSxKxH, positions_Bx1, write_Bx1, mask_BxS):
-    n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+def _decode_layers(params, cfg: ModelConfig) -> list[dict]:
+    """Per-layer weights for the decode loop: sliced, cast and fused (q|k|v, gate|up) once per call."""
     dt = jnp.dtype(cfg.dtype)
-    q = jnp.einsum("BTD,DNH->BTNH", x_Bx1xD, p["q"].astype(dt))
-    kk = jnp.einsum("BTD,DKH->BTKH", x_Bx1xD, p["k"].astype(dt))
-    vv = jnp.einsum("BTD,DKH->BTKH", x_Bx1xD, p["v"].astype(dt))
+    d = cfg.hidden_size
+    layers = []
+    for i in range(cfg.num_layers):
+        p = jax.tree.map(lambda x: x[i].astype(dt), params["layers"])
+        a = p["attn"]
+        qkv = [a["q"].reshape(d, -1), a["k"].reshape(d, -1), a["v"].reshape(d, -1)]
+        fused = {
+            "attn_norm": p["attn_norm"], "mlp_norm": p["mlp_norm"],
+            "qkv": jnp.concatenate(qkv, axis=1), "o": a["o"].reshape(-1, d),
+            "gate_up": jnp.concatenate([p["mlp"]["gate"], p["mlp"]["up"]], axis=1), "down": p["mlp"]["down"],
+        }
+        if cfg.qkv_bias:
+            fused["qkv_bias"] = jnp.concatenate([a["q_bias"].reshape(-1), a["k_bias"].reshape(-1), a["v_bias"].reshape(-1)])
+        layers.append(fused)
+    return layers
+
+
+def _attend_one(cfg: ModelConfig, p, x_BxD, k_BxSxKxH, v_BxSxKxH, positions_Bx1, write_Bx1, mask_BxS):
+    n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    b = x_BxD.shape[0]
+    qkv = x_BxD @ p["qkv"]
     if cfg.qkv_bias:
-        q, kk, vv = q + p["q_bias"].astype(dt), kk + p["k_bias"].astype(dt), vv + p["v_bias"].astype(dt)
+        qkv = qkv + p["qkv_bias"]
+    q = qkv[:, : n * h].reshape(b, 1, n, h)
+    kk = qkv[:, n * h : (n + k) * h].reshape(b, 1, k, h)
+    vv = qkv[:, (n + k) * h :].reshape(b, 1, k, h)
     inv_freq = rope_inv_freq(cfg)
     q, kk = apply_rope(q, positions_Bx1, inv_freq), apply_rope(kk, positions_Bx1, inv_freq)
-    rows_B1 = jnp.arange(x_Bx1xD.shape[0])[:, None]
+    rows_B1 = jnp.arange(b)[:, None]
     k_BxSxKxH = k_BxSxKxH.at[rows_B1, write_Bx1].set(kk.astype(k_BxSxKxH.dtype), mode="drop")
     v_BxSxKxH = v_BxSxKxH.at[rows_B1, write_Bx1].set(vv.astype(v_BxSxKxH.dtype), mode="drop")
     # Multiply-reduce instead of a dot: reads the [B, S, K, H] cache in place, no per-step transpose.
-    q_Bx1xKxGxH = q.reshape(-1, 1, k, n // k, h).astype(jnp.float32) / np.sqrt(h)
-    scores_BxSxKxG = jnp.sum(q_Bx1xKxGxH * k_BxSxKxH[:, :, :, None, :].astype(jnp.float32), axis=-1)
+    q_BxKxGxH = q.reshape(b, k, n // k, h).astype(jnp.float32) / np.sqrt(h)
+    scores_BxSxKxG = jnp.sum(q_BxKxGxH[:, None] * k_BxSxKxH[:, :, :, None, :].astype(jnp.float32), axis=-1)
     scores_BxSxKxG = jnp.where(mask_BxS[:, :, None, None], scores_BxSxKxG, jnp.finfo(jnp.float32).min)
-    probs_BxSxKxG = jax.nn.softmax(scores_BxSxKxG, axis=1).astype(dt)
-    out_BxKxGxH = jnp.sum(probs_BxSxKxG[..., None] * v_BxSxKxH[:, :, :, None, :].astype(dt), axis=1)
-    y = jnp.einsum("BTNH,NHD->BTD", out_BxKxGxH.reshape(q.shape), p["o"].astype(dt))
-    return y, k_BxSxKxH, v_BxSxKxH
+    probs_BxSxKxG = jax.nn.softmax(scores_BxSxKxG, axis=1).astype(x_BxD.dtype)
+    out_BxKxGxH = jnp.sum(probs_BxSxKxG[..., None] * v_BxSxKxH[:, :, :, None, :].astype(x_BxD.dtype), axis=1)
+    return out_BxKxGxH.reshape(b, n * h) @ p["o"], k_BxSxKxH, v_BxSxKxH
+
+
+def _rms_norm(cfg: ModelConfig, x, scale):
+    return RMSNorm(cfg).apply({"params": {"scale": scale}}, x)
 
 
 def _step_logits(params, layers: list, cfg: ModelConfig, tok_B, kv: list, lengths_B, num_new_B):
@@ -254,18 +275,18 @@ def _step_logits(params, layers: list, cfg: ModelConfig, tok_B, kv: list, length
     positions_Bx1 = lengths_B[:, None]
     write_Bx1 = jnp.where(num_new_B[:, None] > 0, positions_Bx1, s)  # s: dropped, never written
     mask_BxS = jnp.arange(s)[None, :] <= positions_Bx1
-    x = jnp.take(params["embedding"], tok_B[:, None], axis=0).astype(jnp.dtype(cfg.dtype))
+    x_BxD = jnp.take(params["embedding"], tok_B, axis=0).astype(jnp.dtype(cfg.dtype))
     new_kv = []
     for p, (k_cache, v_cache) in zip(layers, kv):
-        normed = RMSNorm(cfg).apply({"params": p["attn_norm"]}, x)
-        y, k_cache, v_cache = _attend_one(cfg, p["attn"], normed, k_cache, v_cache, positions_Bx1, write_Bx1, mask_BxS)
-        x = x + y
-        x = x + MLP(cfg).apply({"params": p["mlp"]}, RMSNorm(cfg).apply({"params": p["mlp_norm"]}, x))
-        x = sharding.constrain(x, ("batch", "length", "act_embed"))
+        normed = _rms_norm(cfg, x_BxD, p["attn_norm"]["scale"])
+        y, k_cache, v_cache = _attend_one(cfg, p, normed, k_cache, v_cache, positions_Bx1, write_Bx1, mask_BxS)
+        x_BxD = x_BxD + y
+        gate, up = jnp.split(_rms_norm(cfg, x_BxD, p["mlp_norm"]["scale"]) @ p["gate_up"], 2, axis=-1)
+        x_BxD = sharding.constrain(x_BxD + (jax.nn.silu(gate) * up) @ p["down"], ("batch", "act_embed"))
         new_kv.append((k_cache, v_cache))
-    x = RMSNorm(cfg).apply({"params": params["final_norm"]}, x)
+    x_BxD = _rms_norm(cfg, x_BxD, params["final_norm"]["scale"])
     head = params["embedding"].T if cfg.tie_embeddings else params["lm_head"]
-    logits_BxV = jnp.einsum("BD,DV->BV", x[:, 0], head.astype(x.dtype), preferred_element_type=jnp.float32)
+    logits_BxV = jnp.einsum("BD,DV->BV", x_BxD, head.astype(x_BxD.dtype), preferred_element_type=jnp.float32)
     return sharding.constrain(logits_BxV, ("batch", "act_vocab")), new_kv
 
 
@@ -291,8 +312,8 @@ def _decode(params, config: ModelConfig, state: DecodeState, keys_B, active_B, *
         return (i < max_new_tokens) & ~jnp.all(done_B)
 
     # Sliced once here, not on every step (see _step_logits).
-    layers = _unstack(params["layers"], config.num_layers)
-    kv0 = list(zip(*(_unstack(c, config.num_layers) for c in (state.cache.k_LxBxSxKxH, state.cache.v_LxBxSxKxH))))
+    layers = _decode_layers(params, config)
+    kv0 = [(state.cache.k_LxBxSxKxH[i], state.cache.v_LxBxSxKxH[i]) for i in range(config.num_layers)]
 
     def body(carry):
         i, (kv, lengths_B, logits_BxV), out, done_B = carry
