@@ -15,6 +15,7 @@ depend on the other rows in the batch or on the mesh. Reported log-probabilities
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Sequence
@@ -104,15 +105,7 @@ def _rows(mesh: Mesh | None, shape) -> jax.sharding.Sharding | None:
 
 
 def _with_mesh(mesh: Mesh | None):
-    return jax.set_mesh(mesh) if mesh is not None else _nullcontext()
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+    return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------- state and extend
