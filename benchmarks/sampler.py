@@ -1,4 +1,4 @@
-"""Sampler benchmark: decode tokens/s vs transformers generate and vs the matmul ceiling; extend vs re-prefill.
+"""Sampler benchmark: tokens/s vs transformers generate and vs the matmul ceiling; extend vs re-prefill.
 
 Run: `.venv/bin/python benchmarks/sampler.py` (CPU; prints one JSON line). Model: random Qwen2, 4 layers,
 hidden 256, 8 heads, 2 KV heads, mlp 1024, vocab 512, f32, the same weights in both frameworks.
@@ -66,7 +66,8 @@ def ours_decode_run(params, config, prompts):
     keys = sampling.row_keys(jax.random.key(0), BATCH)
 
     def run():
-        state, _ = sampling.prefill(params, config, tokens, np.full((BATCH,), PROMPT), max_length=PROMPT + NEW)
+        lengths = np.full((BATCH,), PROMPT)
+        state, _ = sampling.prefill(params, config, tokens, lengths, max_length=PROMPT + NEW)
         jax.block_until_ready(state)
         t0 = time.perf_counter()
         _, out = sampling.decode(params, config, state, keys, max_new_tokens=NEW)
@@ -173,7 +174,8 @@ def main():
         "reprefill": run_reprefill,
     })
     best["theirs"] = min(t for k, t in best.items() if k.startswith("theirs_"))
-    ours, decode_only, theirs, ceiling = (BATCH * NEW / best[k] for k in ("ours", "ours_decode", "theirs", "ceiling"))
+    names = ("ours", "ours_decode", "theirs", "ceiling")
+    ours, decode_only, theirs, ceiling = (BATCH * NEW / best[k] for k in names)
     t_extend, t_reprefill = best["extend"], best["reprefill"]
     print(json.dumps({
         "ours_tokens_per_s": round(ours, 1),

@@ -97,11 +97,13 @@ def _state_shardings(mesh: Mesh | None, config: ModelConfig, batch: int, max_len
 
 
 def _empty_state(config: ModelConfig, batch: int, max_length: int) -> DecodeState:
-    return DecodeState(init_cache(config, batch, max_length), jnp.zeros((batch, config.vocab_size), jnp.float32))
+    logits_BxV = jnp.zeros((batch, config.vocab_size), jnp.float32)
+    return DecodeState(init_cache(config, batch, max_length), logits_BxV)
 
 
 def _rows(mesh: Mesh | None, shape) -> jax.sharding.Sharding | None:
-    return None if mesh is None else sharding.named_sharding(mesh, ("batch",) + (None,) * (len(shape) - 1), shape)
+    names = ("batch",) + (None,) * (len(shape) - 1)
+    return None if mesh is None else sharding.named_sharding(mesh, names, shape)
 
 
 def _with_mesh(mesh: Mesh | None):
@@ -230,7 +232,7 @@ def _decode_layers(params, cfg: ModelConfig) -> list[dict]:
             "gate_up": jnp.concatenate([p["mlp"]["gate"], p["mlp"]["up"]], axis=1), "down": p["mlp"]["down"],
         }
         if cfg.qkv_bias:
-            fused["qkv_bias"] = jnp.concatenate([a["q_bias"].reshape(-1), a["k_bias"].reshape(-1), a["v_bias"].reshape(-1)])
+            fused["qkv_bias"] = jnp.concatenate([a[f"{n}_bias"].reshape(-1) for n in "qkv"])
         layers.append(fused)
     return layers
 
@@ -272,7 +274,9 @@ def _step_logits(params, layers: list, cfg: ModelConfig, tok_B, kv: list, length
     new_kv = []
     for p, (k_cache, v_cache) in zip(layers, kv):
         normed = _rms_norm(cfg, x_BxD, p["attn_norm"]["scale"])
-        y, k_cache, v_cache = _attend_one(cfg, p, normed, k_cache, v_cache, positions_Bx1, write_Bx1, mask_BxS)
+        y, k_cache, v_cache = _attend_one(
+            cfg, p, normed, k_cache, v_cache, positions_Bx1, write_Bx1, mask_BxS
+        )
         x_BxD = x_BxD + y
         gate, up = jnp.split(_rms_norm(cfg, x_BxD, p["mlp_norm"]["scale"]) @ p["gate_up"], 2, axis=-1)
         x_BxD = sharding.constrain(x_BxD + (jax.nn.silu(gate) * up) @ p["down"], ("batch", "act_embed"))
@@ -286,7 +290,10 @@ def _step_logits(params, layers: list, cfg: ModelConfig, tok_B, kv: list, length
 # ----------------------------------------------------------------------------- decode
 
 
-def _decode(params, config: ModelConfig, state: DecodeState, keys_B, active_B, *, max_new_tokens: int, sampling: Sampling):
+def _decode(
+    params, config: ModelConfig, state: DecodeState, keys_B, active_B, *,
+    max_new_tokens: int, sampling: Sampling,
+):
     b = active_B.shape[0]
     s = state.cache.max_length
     stops = jnp.asarray(sampling.stop_tokens or (-1,), jnp.int32)
@@ -317,7 +324,8 @@ def _decode(params, config: ModelConfig, state: DecodeState, keys_B, active_B, *
         tok_B = jnp.where(alive_B, tok_B, sampling.pad_id)
         logp_B = jnp.where(alive_B, logp_B, 0.0)
         # Every emitted token, the stop token included, goes into the cache for the next turn.
-        logits_BxV_new, kv = _step_logits(params, layers, config, tok_B, kv, lengths_B, alive_B.astype(jnp.int32))
+        alive_int_B = alive_B.astype(jnp.int32)
+        logits_BxV_new, kv = _step_logits(params, layers, config, tok_B, kv, lengths_B, alive_int_B)
         lengths_B = jnp.minimum(lengths_B + alive_B, s)
         logits_BxV = jnp.where(alive_B[:, None], logits_BxV_new, logits_BxV)
         num_B = out.num_tokens_B + alive_B
@@ -340,7 +348,10 @@ def _decode(params, config: ModelConfig, state: DecodeState, keys_B, active_B, *
 
 
 @functools.lru_cache(maxsize=64)
-def _decode_fn(config: ModelConfig, mesh: Mesh | None, batch: int, max_length: int, max_new_tokens: int, sampling: Sampling):
+def _decode_fn(
+    config: ModelConfig, mesh: Mesh | None, batch: int, max_length: int,
+    max_new_tokens: int, sampling: Sampling,
+):
     fn = functools.partial(_decode, config=config, max_new_tokens=max_new_tokens, sampling=sampling)
     out = None
     if mesh is not None:

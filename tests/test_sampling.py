@@ -91,7 +91,8 @@ def test_greedy_equals_transformers_ragged(tmp_path, seed):
     # Stop tokens that really occur mid-generation, so early stopping is exercised.
     stops = (plain[0][4], plain[2][7])
     want = transformers_generate(stops)
-    got = sampling.generate(hf_params, config, prompts, max_new_tokens=n_new, key=jax.random.key(0), stop_tokens=stops)
+    key = jax.random.key(0)
+    got = sampling.generate(hf_params, config, prompts, max_new_tokens=n_new, key=key, stop_tokens=stops)
     assert got.tokens == want
     assert got.finished == [row[-1] in stops for row in want]
     assert not any(got.truncated)
@@ -138,7 +139,9 @@ def test_top_k_top_p_distribution(top_k, top_p, allowed):
 def test_temperature_changes_the_distribution():
     logits = jnp.log(jnp.array([0.7, 0.2, 0.1]))
     keys = sampling.row_keys(jax.random.key(0), 4000)
-    hot = sampling.sample_tokens(jnp.broadcast_to(logits, (4000, 3)), keys, sampling.Sampling(temperature=2.0))
+    hot = sampling.sample_tokens(jnp.broadcast_to(logits, (4000, 3)), keys, 
+        sampling.Sampling(temperature=2.0)
+    )
     # Temperature 2 flattens to p ** 0.5, renormalised.
     expected = np.sqrt([0.7, 0.2, 0.1]) / np.sqrt([0.7, 0.2, 0.1]).sum() * 4000
     _, pvalue = stats.chisquare(np.bincount(np.asarray(hot), minlength=3), expected)
@@ -156,7 +159,9 @@ def test_extend_then_decode_equals_decode_on_concatenated_prompt(params):
     state, overflow = sampling.extend(params, CFG, state, fb, fb_len)
     assert not np.any(overflow)
     active = fb_len > 0
-    state, turn2 = sampling.decode(params, CFG, state, keys2, max_new_tokens=7, sampling=SAMPLED, active_B=active)
+    state, turn2 = sampling.decode(
+        params, CFG, state, keys2, max_new_tokens=7, sampling=SAMPLED, active_B=active
+    )
     assert int(turn2.num_tokens_B[1]) == 0
     for b in np.flatnonzero(active):
         history = prompts[b] + turn1.tokens_BxN[b, : turn1.num_tokens_B[b]].tolist() + feedback[b]
@@ -181,7 +186,8 @@ def test_mesh_of_8_devices_equals_one_device():
         np.testing.assert_allclose(a, b, atol=1e-4)
     # The cache really is sharded by the rules table: batch over data, kv heads over tensor.
     state = sampling.init_state(CFG, 8, 16, mesh=mesh)
-    assert state.cache.k_LxBxSxKxH.sharding.spec == jax.sharding.PartitionSpec(None, "data", None, "tensor", None)
+    want = jax.sharding.PartitionSpec(None, "data", None, "tensor", None)
+    assert state.cache.k_LxBxSxKxH.sharding.spec == want
 
 
 def test_full_cache_is_reported_not_silently_truncated(params):
