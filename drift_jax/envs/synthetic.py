@@ -70,8 +70,10 @@ def make_problems(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if num_operands < 2 or max_digits < 1 or (modulus is not None and modulus < 2):
         raise ValueError("need num_operands >= 2, max_digits >= 1, modulus >= 2 or None")
-    if not ops or set(ops) - {"+", "-", "*"}:
-        raise ValueError(f"ops must be a non-empty subset of '+', '-', '*', got {ops!r}")
+    if tuple(ops) == ("max",):
+        modulus = None  # "max 37 82 5": the largest number; retries have a natural candidate set
+    elif not ops or set(ops) - {"+", "-", "*"}:
+        raise ValueError(f"ops must be ('max',) or a non-empty subset of '+', '-', '*', got {ops!r}")
     rng = np.random.default_rng([seed, SPLITS.index(split)])
     problems: dict[str, Problem] = {}
     for _ in range(50 * n + 1000):
@@ -79,8 +81,11 @@ def make_problems(
             break
         operands = [int(x) for x in rng.integers(0, 10**max_digits, size=num_operands)]
         chosen = [str(ops[i]) for i in rng.integers(0, len(ops), size=num_operands - 1)]
-        question = str(operands[0]) + "".join(f"{o}{x}" for o, x in zip(chosen, operands[1:]))
-        value = _evaluate(operands, chosen)
+        if tuple(ops) == ("max",):
+            question, value = "max " + " ".join(map(str, operands)), max(operands)
+        else:
+            question = str(operands[0]) + "".join(f"{o}{x}" for o, x in zip(chosen, operands[1:]))
+            value = _evaluate(operands, chosen)
         if modulus is not None:
             question, value = f"{question} mod {modulus}", value % modulus
         if question in problems or split_of(question, test_fraction) != split:
@@ -117,6 +122,8 @@ def verify(problem: Problem, response: str) -> Verdict:
 
 def _wrong_answers(problem: Problem) -> list[int]:
     gold = int(problem.answer)
+    if problem.question.startswith("max "):
+        return sorted({int(x) for x in problem.question.split()[1:]} - {gold})
     m = _MOD.search(problem.question)
     candidates = range(int(m.group(1))) if m else range(gold - 9, gold + 10)
     return [c for c in candidates if c != gold]

@@ -1,0 +1,28 @@
+"""Entry point: `python -m drift_jax.main --config=configs/quickstart.py --workdir=DIR [--config.x=y]`.
+
+Only flags live here; the stages are in `pipeline.py` so Colab can import and run them directly.
+"""
+
+import logging
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from drift_jax import distributed, pipeline
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<experiment>.py[:args]", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "where every stage writes; a rerun resumes", required=True)
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "detect the cluster (TPU pod, SLURM) for jax.distributed")
+
+
+def main(argv):
+    del argv
+    logging.getLogger().setLevel(logging.WARNING)  # orbax and absl are chatty at INFO
+    logging.getLogger("drift_jax").setLevel(logging.INFO)
+    distributed.initialize(auto=_MULTIHOST.value)
+    pipeline.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main)

@@ -1,0 +1,276 @@
+"""The DRIFT pipeline as cached stages: reference -> rollouts -> weights -> weighted SFT -> eval -> report.
+
+Every stage writes its outputs under the workdir and, last, a marker `stages/<name>.json` holding its
+wall time and summary; a rerun skips stages whose marker exists and resumes the one that stopped
+(rollout shards and trainer checkpoints resume inside a stage). Policies are exchanged as HF
+directories (`hf.save_hf` + the tokenizer files), so a trained policy is loadable by transformers and
+by `python -m drift_jax.evaluate`.
+
+`cfg` is the ml-collections ConfigDict of `configs/*.py`; this module maps it onto the frozen
+dataclasses of the libraries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from drift_jax import data, envs, episodes, evaluate, hf, model, report, returns, rollouts, sft_examples, sharding, train
+from drift_jax.weights import drift_weights, weight_diagnostics
+
+log = logging.getLogger(__name__)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+
+
+# ----------------------------------------------------------------------------- stage bookkeeping
+
+
+class Stages:
+    """Markers of finished stages and their wall times."""
+
+    def __init__(self, workdir: str):
+        self.dir = os.path.join(workdir, "stages")
+        os.makedirs(self.dir, exist_ok=True)
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        path = os.path.join(self.dir, f"{name}.json")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def run(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        done = self.get(name)
+        if done is not None:
+            print(f"[{name}] cached ({done['seconds']:.1f}s when it ran)", flush=True)
+            return done
+        start = time.time()
+        summary = fn() or {}
+        summary["seconds"] = time.time() - start
+        tmp = os.path.join(self.dir, f".{name}.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(summary, f, indent=2, default=float)
+        os.replace(tmp, os.path.join(self.dir, f"{name}.json"))
+        brief = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in summary.items() if np.isscalar(v))
+        print(f"[{name}] done in {summary['seconds']:.1f}s: {brief}", flush=True)
+        return summary
+
+
+# ----------------------------------------------------------------------------- config mapping
+
+
+def episode_config(cfg: ml_collections.ConfigDict, *, sample: bool) -> episodes.EpisodeConfig:
+    r = cfg.rollout
+    return episodes.EpisodeConfig(
+        max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens, feedback=cfg.feedback,
+        temperature=r.temperature if sample else 0.0, top_k=r.top_k if sample else 0,
+        top_p=r.top_p if sample else 1.0,
+    )
+
+
+def train_config(section: ml_collections.ConfigDict, seed: int) -> train.TrainConfig:
+    return train.TrainConfig(**{**section.to_dict(), "seed": seed, "async_checkpoints": False})
+
+
+def problems(cfg: ml_collections.ConfigDict, split: str, n: int, seed_offset: int = 0) -> list[envs.Problem]:
+    t = cfg.task
+    if t.name == "synthetic":
+        knobs = t.knobs.to_dict()
+        knobs["modulus"] = knobs.get("modulus") or None  # 0 in a config: no modulus
+        return envs.synthetic.make_problems(split, n, seed=cfg.seed + seed_offset, **knobs)
+    found = envs.load_problems(t.name, split, t.data_dir, manual_dir=t.manual_dir)
+    return found[:n] if n else found
+
+
+# ----------------------------------------------------------------------------- policies on disk
+
+
+def save_policy(model_config: model.ModelConfig, params: model.Params, tokenizer_dir: str, out: str) -> None:
+    hf.save_hf(model_config, params, out)
+    for name in _TOKENIZER_FILES:
+        if os.path.exists(os.path.join(tokenizer_dir, name)):
+            shutil.copy(os.path.join(tokenizer_dir, name), out)
+
+
+def load_policy(path: str, mesh, dtype: str | None = None):
+    model_config, params = hf.load_hf(path, mesh=mesh, dtype=dtype)
+    return model_config, params, envs.ChatFormat.from_pretrained(path)
+
+
+def examples_from_messages(chat: envs.ChatFormat, transcripts, max_length: int) -> list[dict[str, Any]]:
+    """Demonstration chats -> weight-1 examples scoring the last assistant turn (earlier ones are context)."""
+    fb_cache: dict[str, list[int]] = {}
+    out = []
+    for i, msgs in enumerate(transcripts):
+        first_assistant = next(j for j, m in enumerate(msgs) if m["role"] == "assistant")
+        responses, feedbacks = [], []
+        for m in msgs[first_assistant:]:
+            if m["role"] == "assistant":
+                responses.append(chat.encode(m["content"]) + [chat.end_of_turn_id])
+            else:
+                feedbacks.append(fb_cache.setdefault(m["content"], chat.feedback_ids(m["content"])))
+        record = {
+            "problem_id": f"demo{i}", "sample": 0, "prompt_ids": chat.prompt_ids(msgs[:first_assistant]),
+            "turns": [{"response_ids": r, "feedback_ids": f} for r, f in zip(responses, feedbacks + [[]])],
+        }
+        ex = sft_examples.make_example(record, 1.0, end_of_turn=chat.end_of_turn_id, max_length=max_length)
+        if ex is not None:
+            out.append(ex)
+    return out
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def stage_reference(cfg, workdir: str, mesh) -> dict[str, Any]:
+    """A local HF checkpoint as is, or (synthetic task) a tiny model trained from scratch on demonstrations."""
+    out = os.path.join(workdir, "reference")
+    if cfg.model.hf_path:
+        return {"path": cfg.model.hf_path}
+    chat = envs.ChatFormat.from_pretrained(cfg.model.tokenizer_path or envs.SYNTHETIC_TOKENIZER)
+    s = cfg.model.scratch
+    model_config = model.ModelConfig(
+        vocab_size=chat.tokenizer.get_vocab_size(), hidden_size=s.hidden_size, num_layers=s.num_layers,
+        num_heads=s.num_heads, num_kv_heads=s.num_kv_heads, head_dim=s.hidden_size // s.num_heads,
+        mlp_dim=s.mlp_dim, qkv_bias=True, tie_embeddings=False, architecture="qwen2",
+        max_position_embeddings=1024,
+    )
+    ref = cfg.reference
+    demo_problems = problems(cfg, "train", ref.num_demos, seed_offset=1000)
+    transcripts = envs.synthetic.demonstrations(demo_problems, seed=cfg.seed, max_wrong_turns=ref.max_wrong_turns,
+                                                feedback=cfg.feedback)
+    examples = examples_from_messages(chat, transcripts, ref.train.seq_len)
+    data.write_examples(os.path.join(out, "demos.arrayrecord"), examples)
+    init = lambda: model.init_sharded(model_config, jax.random.key(cfg.seed), mesh)  # noqa: E731
+    params = train.run(train_config(ref.train, cfg.seed), model_config, os.path.join(out, "demos.arrayrecord"),
+                       init, os.path.join(out, "train"), mesh)
+    save_policy(model_config, params, str(cfg.model.tokenizer_path or envs.SYNTHETIC_TOKENIZER), os.path.join(out, "hf"))
+    return {"path": os.path.join(out, "hf"), "demonstrations": len(examples), "params": model_config.num_params}
+
+
+def stage_rollouts(cfg, workdir: str, mesh, ref_path: str) -> dict[str, Any]:
+    model_config, params, chat = load_policy(ref_path, mesh, cfg.model.dtype or None)
+    r = cfg.rollout
+    rc = rollouts.RolloutConfig(
+        num_samples=r.num_samples, episode=episode_config(cfg, sample=True), returns=return_config(cfg),
+        problems_per_shard=r.problems_per_shard, rows_per_batch=r.rows_per_batch, seed=cfg.seed,
+    )
+    stats = rollouts.rollout(params, model_config, chat, problems(cfg, "train", r.num_problems), rc,
+                             os.path.join(workdir, "rollouts"), mesh=mesh)
+    records = rollouts.read_rollouts(os.path.join(workdir, "rollouts"))
+    solved = np.array([rec["solved_turn"] for rec in records])
+    return {**{k: float(v) for k, v in stats.items()}, "trajectories_total": len(records),
+            "success_rate": float(np.mean(solved > 0)),
+            "tokens_generated": int(sum(len(t["response_ids"]) for rec in records for t in rec["turns"]))}
+
+
+def return_config(cfg) -> returns.ReturnConfig:
+    return returns.ReturnConfig(**cfg.returns.to_dict())
+
+
+def stage_weights(cfg, workdir: str, ref_path: str, *, name: str = "drift", uniform: bool = False,
+                  successful_only: bool = False) -> dict[str, Any]:
+    """Returns -> weights -> weighted examples (`drift`), or the uniform / success-only baselines' data."""
+    records = rollouts.read_rollouts(os.path.join(workdir, "rollouts"))
+    chat = envs.ChatFormat.from_pretrained(ref_path)
+    returns_N = np.array([rec["return"] for rec in records], np.float32)
+    groups = np.array([rec["problem_id"] for rec in records])
+    success = np.array([rec["solved_turn"] > 0 for rec in records])
+    d = cfg.drift
+    if uniform or successful_only:
+        w = np.where(success, 1.0, 0.0) if successful_only else np.ones_like(returns_N)
+    else:
+        w = np.asarray(drift_weights(returns_N, groups, d.beta, normalize=d.normalize, all_fail=d.all_fail,
+                                     clip=d.clip or None, success_N=success))
+    examples = []
+    for rec, wi in zip(records, w):
+        if wi <= 0:
+            continue
+        ex = sft_examples.make_example(rec, float(wi), end_of_turn=chat.end_of_turn_id, supervision=d.supervision,
+                                       max_length=cfg.train.seq_len)
+        if ex is not None:
+            examples.append(ex)
+    path = os.path.join(workdir, name, "examples.arrayrecord")
+    data.write_examples(path, examples)
+    np.save(os.path.join(workdir, name, "weights.npy"), w)
+    diag = weight_diagnostics(w, groups)
+    scalars = {k: float(v) for k, v in diag.items() if np.ndim(v) == 0}
+    return {"examples": len(examples), "mean_return": float(returns_N.mean()), **scalars}
+
+
+def stage_train(cfg, workdir: str, mesh, ref_path: str, name: str) -> dict[str, Any]:
+    model_config, params, _ = load_policy(ref_path, mesh, cfg.model.dtype or None)
+    out = os.path.join(workdir, name)
+    src = data.ExampleSource(os.path.join(out, "examples.arrayrecord"))
+    tokens = sum(int(np.count_nonzero(src[i]["loss_mask"])) for i in range(len(src)))
+    params = train.run(train_config(cfg.train, cfg.seed), model_config, src, params, os.path.join(out, "train"), mesh)
+    save_policy(model_config, params, ref_path, os.path.join(out, "hf"))
+    return {"path": os.path.join(out, "hf"), "scored_tokens_per_epoch": tokens}
+
+
+def stage_eval(cfg, workdir: str, mesh, policy_path: str, name: str) -> dict[str, Any]:
+    model_config, params, chat = load_policy(policy_path, mesh, cfg.model.dtype or None)
+    test = problems(cfg, "test", cfg.eval.num_problems)
+    result = evaluate.evaluate(params, model_config, chat, test, episode_config(cfg, sample=False), mesh=mesh,
+                               rows_per_batch=cfg.eval.rows_per_batch)
+    with open(os.path.join(workdir, f"eval_{name}.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return {k: v for k, v in result.items() if k.startswith("multi@")}
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) every stage; returns results.json's content."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(cfg.to_json_best_effort(indent=2))
+    mesh = sharding.make_mesh(cfg.mesh.to_dict())
+    stages = Stages(workdir)
+    ref = stages.run("reference", lambda: stage_reference(cfg, workdir, mesh))
+    ref_path = ref["path"]
+    methods: dict[str, dict[str, Any]] = {}
+    stage_seconds = {"reference": ref["seconds"]}
+    if "reference" in cfg.methods:
+        ev = stages.run("eval_reference", lambda: stage_eval(cfg, workdir, mesh, ref_path, "reference"))
+        methods["reference"] = _method_entry(workdir, "reference", 0.0, {})
+        stage_seconds["eval_reference"] = ev["seconds"]
+    if "drift" in cfg.methods:
+        ro = stages.run("rollouts", lambda: stage_rollouts(cfg, workdir, mesh, ref_path))
+        wt = stages.run("weights", lambda: stage_weights(cfg, workdir, ref_path))
+        tr = stages.run("train_drift", lambda: stage_train(cfg, workdir, mesh, ref_path, "drift"))
+        ev = stages.run("eval_drift", lambda: stage_eval(cfg, workdir, mesh, tr["path"], "drift"))
+        cost = ro["seconds"] + wt["seconds"] + tr["seconds"]
+        methods["drift"] = _method_entry(workdir, "drift", cost, {
+            "tokens_generated": ro["tokens_generated"], "tokens_trained": tr["scored_tokens_per_epoch"] * cfg.train.epochs,
+        })
+        stage_seconds.update(rollouts=ro["seconds"], weights=wt["seconds"], train_drift=tr["seconds"],
+                             eval_drift=ev["seconds"])
+    results_path = os.path.join(workdir, "results.json")
+    report.write_results(results_path, methods, {"max_turns": cfg.max_turns, "task": cfg.task.name})
+    diag, weights_N = None, None
+    if "drift" in methods:
+        diag = stages.get("weights")
+        weights_N = np.load(os.path.join(workdir, "drift", "weights.npy"))
+    report.write_report(workdir, methods, cfg.max_turns, stage_seconds=stage_seconds, weight_diagnostics=diag,
+                        weights_N=weights_N)
+    with open(results_path) as f:
+        return json.load(f)
+
+
+def _method_entry(workdir: str, name: str, wall_seconds: float, extra: dict[str, Any]) -> dict[str, Any]:
+    with open(os.path.join(workdir, f"eval_{name}.json")) as f:
+        ev = json.load(f)
+    entry = {k: v for k, v in ev.items() if k.startswith("multi@")}
+    return {**entry, "correction_rates": ev["correction_rates"], "wall_seconds": wall_seconds, **extra}
