@@ -9,6 +9,8 @@ cores, with DRIFT's held-out multi@5 well above the reference policy's (README: 
 
 import ml_collections
 
+from configs import _args
+
 from drift_jax.envs import DEFAULT_FEEDBACK
 
 
@@ -23,7 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.task = dict(name="synthetic", data_dir="", manual_dir="",
                   knobs=dict(num_operands=2, max_digits=2, modulus=7, ops=("+",)))
-    c.model = dict(hf_path="", tokenizer_path="", dtype="",
+    c.model = dict(hf_path="", tokenizer_path="", param_dtype="", compute_dtype="", remat="none",
                    scratch=dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=384))
     # The reference policy: trained from scratch on single-turn demonstrations, briefly, so it is
     # imperfect by design (it solves some problems, and has never seen the feedback turn).
@@ -36,9 +38,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.drift = dict(beta=0.1, normalize="group", all_fail="keep", clip=0.0, supervision="terminal")
     c.train = dict(lr=1e-3, warmup_ratio=0.1, schedule="constant", weight_decay=0.1, clip_norm=1.0,
                    batch_size=32, seq_len=128, epochs=2, save_every=1000, progress_bar=True)
-    c.eval = dict(num_problems=500, rows_per_batch=500)
-    if arg:
-        for kv in arg.split(","):
-            key, value = kv.split("=")
-            c[key] = type(c[key])(value)
-    return c
+    c.eval = dict(task=dict(name=""), split="test", num_problems=500, rows_per_batch=500)  # task: as c.task
+    return _args.apply(c, arg)

@@ -298,6 +298,12 @@ def save_hf(config: ModelConfig, params: Params, path: str, *, max_shard_bytes: 
                 tensors[spec.hf_name.format(i=i)] = np.ascontiguousarray(_to_hf(x[i], spec))
         else:
             tensors[spec.hf_name] = np.ascontiguousarray(_to_hf(x, spec))
+    if config.architecture == "qwen2" and not config.qkv_bias:
+        # HF Qwen2 always has q/k/v biases: zero ones give the same function.
+        for i in range(config.num_layers):
+            for p, heads in (("q", config.num_heads), ("k", config.num_kv_heads), ("v", config.num_kv_heads)):
+                dtype = tensors[f"model.layers.{i}.self_attn.{p}_proj.weight"].dtype
+                tensors[f"model.layers.{i}.self_attn.{p}_proj.bias"] = np.zeros(heads * config.head_dim, dtype)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config_to_hf(config), f, indent=2)
     shards: list[dict[str, np.ndarray]] = [{}]

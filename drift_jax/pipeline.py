@@ -82,8 +82,10 @@ def train_config(section: ml_collections.ConfigDict, seed: int) -> train.TrainCo
     return train.TrainConfig(**{**section.to_dict(), "seed": seed, "async_checkpoints": False})
 
 
-def problems(cfg: ml_collections.ConfigDict, split: str, n: int, seed_offset: int = 0) -> list[envs.Problem]:
-    t = cfg.task
+def problems(cfg: ml_collections.ConfigDict, split: str, n: int, seed_offset: int = 0,
+             task: ml_collections.ConfigDict | None = None) -> list[envs.Problem]:
+    """`n` problems (0: all) of `split` from the task section `task` (default: cfg.task)."""
+    t = task or cfg.task
     if t.name == "synthetic":
         knobs = t.knobs.to_dict()
         knobs["modulus"] = knobs.get("modulus") or None  # 0 in a config: no modulus
@@ -102,8 +104,11 @@ def save_policy(model_config: model.ModelConfig, params: model.Params, tokenizer
             shutil.copy(os.path.join(tokenizer_dir, name), out)
 
 
-def load_policy(path: str, mesh, dtype: str | None = None):
-    model_config, params = hf.load_hf(path, mesh=mesh, dtype=dtype)
+def load_policy(path: str, mesh, cfg: ml_collections.ConfigDict):
+    """(model config, params, chat format) of an HF directory; params in cfg.model.param_dtype (default:
+    the checkpoint's), compute in cfg.model.compute_dtype (default: the param dtype), remat per config."""
+    model_config, params = hf.load_hf(path, mesh=mesh, dtype=cfg.model.param_dtype or None)
+    model_config = model_config.replace(dtype=cfg.model.compute_dtype or model_config.dtype, remat=cfg.model.remat)
     return model_config, params, envs.ChatFormat.from_pretrained(path)
 
 
@@ -159,7 +164,7 @@ def stage_reference(cfg, workdir: str, mesh) -> dict[str, Any]:
 
 
 def stage_rollouts(cfg, workdir: str, mesh, ref_path: str) -> dict[str, Any]:
-    model_config, params, chat = load_policy(ref_path, mesh, cfg.model.dtype or None)
+    model_config, params, chat = load_policy(ref_path, mesh, cfg)
     r = cfg.rollout
     rc = rollouts.RolloutConfig(
         num_samples=r.num_samples, episode=episode_config(cfg, sample=True), returns=return_config(cfg),
@@ -209,7 +214,7 @@ def stage_weights(cfg, workdir: str, ref_path: str, *, name: str = "drift", unif
 
 
 def stage_train(cfg, workdir: str, mesh, ref_path: str, name: str) -> dict[str, Any]:
-    model_config, params, _ = load_policy(ref_path, mesh, cfg.model.dtype or None)
+    model_config, params, _ = load_policy(ref_path, mesh, cfg)
     out = os.path.join(workdir, name)
     src = data.ExampleSource(os.path.join(out, "examples.arrayrecord"))
     tokens = sum(int(np.count_nonzero(src[i]["loss_mask"])) for i in range(len(src)))
@@ -219,8 +224,8 @@ def stage_train(cfg, workdir: str, mesh, ref_path: str, name: str) -> dict[str, 
 
 
 def stage_eval(cfg, workdir: str, mesh, policy_path: str, name: str) -> dict[str, Any]:
-    model_config, params, chat = load_policy(policy_path, mesh, cfg.model.dtype or None)
-    test = problems(cfg, "test", cfg.eval.num_problems)
+    model_config, params, chat = load_policy(policy_path, mesh, cfg)
+    test = problems(cfg, cfg.eval.split, cfg.eval.num_problems, task=cfg.eval.task if cfg.eval.task.name else None)
     result = evaluate.evaluate(params, model_config, chat, test, episode_config(cfg, sample=False), mesh=mesh,
                                rows_per_batch=cfg.eval.rows_per_batch)
     with open(os.path.join(workdir, f"eval_{name}.json"), "w") as f:

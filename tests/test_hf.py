@@ -133,3 +133,16 @@ def test_wrong_shape(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(raw))
     with pytest.raises(ValueError, match=r"mlp\.(gate|up|down)_proj\.weight' has shape \((96, 64|64, 96)\), expected \((128, 64|64, 128)\)"):
         hf.load_hf(str(tmp_path))
+
+
+def test_qwen2_without_bias_exports_zero_biases(tmp_path):
+    config = model.ModelConfig(vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, num_kv_heads=1,
+                               head_dim=8, mlp_dim=32, architecture="qwen2", qkv_bias=False)
+    params = model.init_params(config, jax.random.key(0))
+    hf.save_hf(config, params, str(tmp_path))
+    loaded_config, loaded = hf.load_hf(str(tmp_path))
+    assert loaded_config.qkv_bias and not np.any(np.asarray(loaded["layers"]["attn"]["k_bias"]))
+    tokens = _tokens(vocab=50, shape=(2, 9))
+    np.testing.assert_allclose(model.logits(loaded, loaded_config, tokens), model.logits(params, config, tokens), atol=1e-6)
+    torch_model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).float().eval()
+    np.testing.assert_allclose(hf_logits(torch_model, tokens), model.logits(params, config, tokens), atol=1e-4)

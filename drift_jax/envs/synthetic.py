@@ -123,7 +123,9 @@ def verify(problem: Problem, response: str) -> Verdict:
 def _wrong_answers(problem: Problem) -> list[int]:
     gold = int(problem.answer)
     if problem.question.startswith("max "):
-        return sorted({int(x) for x in problem.question.split()[1:]} - {gold})
+        # Unrelated numbers: demonstrations show the multi-turn format without showing how to use feedback.
+        numbers = [int(x) for x in problem.question.split()[1:]]
+        return [c for c in range(10 ** len(str(max(numbers)))) if c not in numbers]
     m = _MOD.search(problem.question)
     candidates = range(int(m.group(1))) if m else range(gold - 9, gold + 10)
     return [c for c in candidates if c != gold]
