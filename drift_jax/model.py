@@ -1,7 +1,7 @@
 """Llama-3 / Qwen2-family decoder in Flax Linen: one forward for full sequences, ragged prefill and decode.
 
 Einsum letters: B batch, T query length, S key/cache length, D embed, N query heads, K kv heads,
-G query heads per kv head (N = K*G), H head dim, F mlp hidden, V vocab, L layers.
+G query heads per kv head (N = K*G), H head dim, F mlp hidden, V vocab, L layers, X = B*T tokens.
 
 The forward is pure: `forward(params, config, tokens_BxT, cache=...) -> (logits_BxTxV, cache)`.
 The KV cache (`Cache`) is an explicit pytree with per-row lengths, so one call serves
@@ -231,10 +231,15 @@ class MLP(nn.Module):
         cfg = self.config
         dt = jnp.dtype(cfg.dtype)
         d, f = cfg.hidden_size, cfg.mlp_dim
-        gate = jnp.einsum("BTD,DF->BTF", x_BxTxD, _param(self, "gate", (d, f), ("embed", "mlp")).astype(dt))
-        up = jnp.einsum("BTD,DF->BTF", x_BxTxD, _param(self, "up", (d, f), ("embed", "mlp")).astype(dt))
-        hidden = constrain(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-        return jnp.einsum("BTF,FD->BTD", hidden, _param(self, "down", (f, d), ("mlp", "embed")).astype(dt))
+        # Tokens flattened to one axis X = B*T: with [B, T, F] activations the CPU backend feeds the
+        # weight-gradient dot a transposed copy of dL/d(gate, up) (16 MB per layer, ~40% of the step).
+        b, t = x_BxTxD.shape[:2]
+        x_XxD = x_BxTxD.reshape(b * t, d)
+        gate = jnp.einsum("XD,DF->XF", x_XxD, _param(self, "gate", (d, f), ("embed", "mlp")).astype(dt))
+        up = jnp.einsum("XD,DF->XF", x_XxD, _param(self, "up", (d, f), ("embed", "mlp")).astype(dt))
+        hidden = constrain(nn.silu(gate) * up, ("batch", "act_mlp"))
+        y_XxD = jnp.einsum("XF,FD->XD", hidden, _param(self, "down", (f, d), ("mlp", "embed")).astype(dt))
+        return y_XxD.reshape(b, t, d)
 
 
 class Block(nn.Module):
