@@ -29,7 +29,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                    scratch=dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=384))
     # The reference policy: trained from scratch on single-turn demonstrations, briefly, so it is
     # imperfect by design (it solves some problems, and has never seen the feedback turn).
-    c.reference = dict(num_demos=4000, max_wrong_turns=0,
+    # task: where the demonstrations come from (name "": c.task); a related task, as for an instruct model.
+    c.reference = dict(num_demos=4000, max_wrong_turns=0, task=dict(name="", data_dir="", manual_dir="", knobs=dict(
+        num_operands=2, max_digits=2, modulus=7, ops=("+",))),
                        train=dict(lr=3e-3, warmup_ratio=0.05, schedule="cosine", weight_decay=0.0, clip_norm=1.0,
                                   batch_size=32, seq_len=128, epochs=2, save_every=1000, progress_bar=True))
     c.rollout = dict(num_problems=512, num_samples=8, temperature=1.0, top_k=0, top_p=1.0,

@@ -151,7 +151,9 @@ def stage_reference(cfg, workdir: str, mesh) -> dict[str, Any]:
         max_position_embeddings=1024,
     )
     ref = cfg.reference
-    demo_problems = problems(cfg, "train", ref.num_demos, seed_offset=1000)
+    # The demonstrations may come from a related task (ref.task), as an instruct model's data differs
+    # from the task DRIFT is then run on.
+    demo_problems = problems(cfg, "train", ref.num_demos, seed_offset=1000, task=ref.task if ref.task.name else None)
     transcripts = envs.synthetic.demonstrations(demo_problems, seed=cfg.seed, max_wrong_turns=ref.max_wrong_turns,
                                                 feedback=cfg.feedback)
     examples = examples_from_messages(chat, transcripts, ref.train.seq_len)
