@@ -265,7 +265,7 @@ class Decoder(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_BxT, step: _Step, kv_cache):
+    def __call__(self, tokens_BxT, step: _Step, kv_cache, logits_at_B=None):
         cfg = self.config
         embedding = _param(self, "embedding", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
         x = jnp.take(embedding, tokens_BxT, axis=0).astype(jnp.dtype(cfg.dtype))
@@ -289,6 +289,8 @@ class Decoder(nn.Module):
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
         x, kv_cache = scan(block(cfg, name="layers"), x, kv_cache)
+        if logits_at_B is not None:  # the LM head at one position per row only
+            x = jnp.take_along_axis(x, logits_at_B[:, None, None], axis=1)
         x = RMSNorm(cfg, name="final_norm")(x)
         if cfg.tie_embeddings:
             head = embedding.T
@@ -346,15 +348,17 @@ def forward(
     segment_ids_BxT: jax.Array | None = None,
     cache: Cache | None = None,
     num_new_B: jax.Array | None = None,
+    logits_at_B: jax.Array | None = None,
 ) -> tuple[jax.Array, Cache | None]:
     """Runs the decoder. Without a cache: causal (optionally packed) forward. With a cache: appends
     `num_new_B` (default: all T) tokens per row at the row's current length and attends to its prefix.
-    Returns float32 logits and the updated cache."""
+    Returns float32 logits [B, T, V] and the updated cache; with `logits_at_B` (int [B], positions in
+    0..T-1) only row b's logits at position logits_at_B[b]: [B, 1, V] (a prefill needs no more)."""
     tokens_BxT = jnp.asarray(tokens_BxT, jnp.int32)
     b, t = tokens_BxT.shape
     if cache is None:
         step = _causal_step((b, t), positions_BxT, segment_ids_BxT)
-        logits, _ = Decoder(config).apply({"params": params}, tokens_BxT, step, None)
+        logits, _ = Decoder(config).apply({"params": params}, tokens_BxT, step, None, logits_at_B)
         return logits, None
     if num_new_B is None:
         num_new_B = jnp.full((b,), t, jnp.int32)
@@ -365,7 +369,7 @@ def forward(
     mask = jnp.arange(s)[None, None, :] <= positions[:, :, None]
     step = _Step(positions, mask, write_pos)
     logits, (k, v) = Decoder(config).apply(
-        {"params": params}, tokens_BxT, step, (cache.k_LxBxSxKxH, cache.v_LxBxSxKxH)
+        {"params": params}, tokens_BxT, step, (cache.k_LxBxSxKxH, cache.v_LxBxSxKxH), logits_at_B
     )
     lengths = jnp.minimum(cache.lengths_B + num_new_B.astype(jnp.int32), s)
     return logits, Cache(k, v, lengths)

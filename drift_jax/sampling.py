@@ -127,9 +127,9 @@ def _init_fn(config: ModelConfig, mesh: Mesh | None, batch: int, max_length: int
 def _extend(params, config, state: DecodeState, tokens_BxT, num_new_B):
     cache = state.cache
     overflow_B = cache.lengths_B + num_new_B > cache.max_length
-    logits_BxTxV, cache = forward(params, config, tokens_BxT, cache=cache, num_new_B=num_new_B)
     last_B = jnp.clip(num_new_B - 1, 0, tokens_BxT.shape[1] - 1)
-    last_BxV = jnp.take_along_axis(logits_BxTxV, last_B[:, None, None], axis=1)[:, 0]
+    last_Bx1xV, cache = forward(params, config, tokens_BxT, cache=cache, num_new_B=num_new_B, logits_at_B=last_B)
+    last_BxV = last_Bx1xV[:, 0]
     logits_BxV = jnp.where((num_new_B > 0)[:, None], last_BxV, state.logits_BxV)
     return DecodeState(cache, logits_BxV), overflow_B
 
@@ -187,7 +187,12 @@ def prefill(
 def sample_tokens(logits_BxV: jax.Array, keys_B: jax.Array, sampling: Sampling) -> jax.Array:
     """One token per row; row b uses only keys_B[b] (no cross-row randomness)."""
     if sampling.greedy:
-        return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+        # argmax as max + first matching index: two plain reductions, ~4x faster than XLA:CPU's
+        # variadic argmax reduce. NaN positions match too, so a NaN row gives its first NaN as argmax does.
+        max_Bx1 = jnp.max(logits_BxV, axis=-1, keepdims=True)
+        iota_V = jnp.arange(logits_BxV.shape[-1], dtype=jnp.int32)
+        hit_BxV = (logits_BxV == max_Bx1) | jnp.isnan(logits_BxV)
+        return jnp.min(jnp.where(hit_BxV, iota_V, logits_BxV.shape[-1] - 1), axis=-1)
     return jax.vmap(functools.partial(_sample_row, sampling=sampling))(logits_BxV, keys_B)
 
 
@@ -324,7 +329,8 @@ def _decode(
         alive_B = ~done_B
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_B, i)
         tok_B = sample_tokens(logits_BxV, step_keys, sampling)
-        logp_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BxV), tok_B[:, None], axis=1)[:, 0]
+        logit_B = jnp.take_along_axis(logits_BxV, tok_B[:, None], axis=1)[:, 0]
+        logp_B = logit_B - jax.nn.logsumexp(logits_BxV, axis=-1)  # no [B, V] log_softmax
         tok_B = jnp.where(alive_B, tok_B, sampling.pad_id)
         logp_B = jnp.where(alive_B, logp_B, 0.0)
         # Every emitted token, the stop token included, goes into the cache for the next turn.
@@ -403,6 +409,7 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
+@functools.partial(jax.jit, static_argnames="num_rows")
 def row_keys(key: jax.Array, num_rows: int) -> jax.Array:
     """Row b's key is fold_in(key, b): the same prompt at the same index samples the same way."""
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(num_rows))

@@ -150,3 +150,18 @@ def test_bf16_compute_close_to_f32(params):
 def test_gqa_config_validated():
     with pytest.raises(ValueError, match="multiple of num_kv_heads"):
         model.ModelConfig(vocab_size=8, hidden_size=8, num_layers=1, num_heads=3, num_kv_heads=2, head_dim=4, mlp_dim=8)
+
+
+def test_logits_at_one_position_per_row(params):
+    """`logits_at_B` gives exactly the full forward's logits at those positions, with and without a cache."""
+    toks = _tokens((3, 9), seed=7)
+    at = jnp.array([8, 0, 4])
+    full = model.logits(params, CFG, toks)
+    want = np.stack([full[b, i] for b, i in enumerate(np.asarray(at))])[:, None]
+    got, _ = model.forward(params, CFG, toks, logits_at_B=at)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    lens = jnp.array([9, 1, 5])
+    got, cache = model.forward(params, CFG, toks, cache=model.init_cache(CFG, 3, 16), num_new_B=lens, logits_at_B=at)
+    assert got.shape == (3, 1, CFG.vocab_size)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_array_equal(cache.lengths_B, lens)
