@@ -217,13 +217,14 @@ def _sample_row(logits_V: jax.Array, key: jax.Array, sampling: Sampling) -> jax.
 # ----------------------------------------------------------------------------- one decode step
 # `model.forward` with a cache computes the same thing; this version exists for speed only. The scanned
 # model re-slices every layer's weights and re-stacks the cache on every step; here the layers are
-# sliced, cast and fused (q|k|v, gate|up) once per decode call, the cache is carried as one array per
-# layer, and the single query attends without transposing the cache. Tests pin it to the full
-# forward and to transformers.
+# sliced, cast and q|k|v fused once per decode call, and the cache is carried as one [B, K, S, H] array
+# per layer so attention is two batched matmuls. gate and up stay two matmuls: XLA:CPU runs the two
+# concurrently, one per core, ~30% faster than one fused [D, 2F] matmul split across cores. Tests pin
+# it to the full forward and to transformers.
 
 
 def _decode_layers(params, cfg: ModelConfig) -> list[dict]:
-    """Per-layer weights for the decode loop: sliced, cast and fused (q|k|v, gate|up) once per call."""
+    """Per-layer weights for the decode loop: sliced, cast and q|k|v fused once per call."""
     dt = jnp.dtype(cfg.dtype)
     d = cfg.hidden_size
     layers = []
@@ -234,7 +235,7 @@ def _decode_layers(params, cfg: ModelConfig) -> list[dict]:
         fused = {
             "attn_norm": p["attn_norm"], "mlp_norm": p["mlp_norm"],
             "qkv": jnp.concatenate(qkv, axis=1), "o": a["o"].reshape(-1, d),
-            "gate_up": jnp.concatenate([p["mlp"]["gate"], p["mlp"]["up"]], axis=1), "down": p["mlp"]["down"],
+            "gate": p["mlp"]["gate"], "up": p["mlp"]["up"], "down": p["mlp"]["down"],
         }
         if cfg.qkv_bias:
             fused["qkv_bias"] = jnp.concatenate([a[f"{n}_bias"].reshape(-1) for n in "qkv"])
@@ -284,7 +285,8 @@ def _step_logits(params, layers: list, cfg: ModelConfig, tok_B, kv: list, length
             cfg, p, normed, k_cache, v_cache, positions_Bx1, write_B, mask_BxS
         )
         x_BxD = x_BxD + y
-        gate, up = jnp.split(_rms_norm(cfg, x_BxD, p["mlp_norm"]["scale"]) @ p["gate_up"], 2, axis=-1)
+        normed = _rms_norm(cfg, x_BxD, p["mlp_norm"]["scale"])
+        gate, up = normed @ p["gate"], normed @ p["up"]
         x_BxD = sharding.constrain(x_BxD + (jax.nn.silu(gate) * up) @ p["down"], ("batch", "act_embed"))
         new_kv.append((k_cache, v_cache))
     x_BxD = _rms_norm(cfg, x_BxD, params["final_norm"]["scale"])
