@@ -217,10 +217,10 @@ def _sample_row(logits_V: jax.Array, key: jax.Array, sampling: Sampling) -> jax.
 # ----------------------------------------------------------------------------- one decode step
 # `model.forward` with a cache computes the same thing; this version exists for speed only. The scanned
 # model re-slices every layer's weights and re-stacks the cache on every step; here the layers are
-# sliced, cast and q|k|v fused once per decode call, and the cache is carried as one [B, K, S, H] array
-# per layer so attention is two batched matmuls. gate and up stay two matmuls: XLA:CPU runs the two
-# concurrently, one per core, ~30% faster than one fused [D, 2F] matmul split across cores. Tests pin
-# it to the full forward and to transformers.
+# sliced, cast and q|k|v fused once per decode call, and the cache is carried per layer as K [B, K, H, S]
+# and V [B, K, S, H], so attention is two plain (untransposed) batched matmuls. gate and up stay two
+# matmuls: XLA:CPU runs them concurrently, one per core, faster than one fused [D, 2F] matmul split
+# across cores. Tests pin it to the full forward and to transformers.
 
 
 def _decode_layers(params, cfg: ModelConfig) -> list[dict]:
@@ -243,7 +243,7 @@ def _decode_layers(params, cfg: ModelConfig) -> list[dict]:
     return layers
 
 
-def _attend_one(cfg: ModelConfig, p, x_BxD, k_BxKxSxH, v_BxKxSxH, positions_Bx1, write_B, mask_BxS):
+def _attend_one(cfg: ModelConfig, p, x_BxD, k_BxKxHxS, v_BxKxSxH, positions_Bx1, write_B, mask_BxS):
     n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     b = x_BxD.shape[0]
     qkv = x_BxD @ p["qkv"]
@@ -255,16 +255,16 @@ def _attend_one(cfg: ModelConfig, p, x_BxD, k_BxKxSxH, v_BxKxSxH, positions_Bx1,
     inv_freq = rope_inv_freq(cfg)
     q, kk = apply_rope(q, positions_Bx1, inv_freq), apply_rope(kk, positions_Bx1, inv_freq)
     rows_B = jnp.arange(b)
-    k_BxKxSxH = k_BxKxSxH.at[rows_B, :, write_B].set(kk[:, 0].astype(k_BxKxSxH.dtype), mode="drop")
+    k_BxKxHxS = k_BxKxHxS.at[rows_B, :, :, write_B].set(kk[:, 0].astype(k_BxKxHxS.dtype), mode="drop")
     v_BxKxSxH = v_BxKxSxH.at[rows_B, :, write_B].set(vv.astype(v_BxKxSxH.dtype), mode="drop")
-    # The loop's cache is [B, K, S, H] (see _decode), so both products are plain batched matmuls.
+    # The loop's cache layouts (see _decode) make both products plain batched matmuls.
     q_BxKxGxH = (q.reshape(b, k, n // k, h).astype(jnp.float32) / np.sqrt(h)).astype(x_BxD.dtype)
-    scores = jnp.einsum("BKGH,BKSH->BKGS", q_BxKxGxH, k_BxKxSxH.astype(x_BxD.dtype),
+    scores = jnp.einsum("BKGH,BKHS->BKGS", q_BxKxGxH, k_BxKxHxS.astype(x_BxD.dtype),
                         preferred_element_type=jnp.float32)
     scores = jnp.where(mask_BxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(x_BxD.dtype)
     out_BxKxGxH = jnp.einsum("BKGS,BKSH->BKGH", probs, v_BxKxSxH.astype(x_BxD.dtype))
-    return out_BxKxGxH.reshape(b, n * h) @ p["o"], k_BxKxSxH, v_BxKxSxH
+    return out_BxKxGxH.reshape(b, n * h) @ p["o"], k_BxKxHxS, v_BxKxSxH
 
 
 def _rms_norm(cfg: ModelConfig, x, scale):
@@ -273,7 +273,7 @@ def _rms_norm(cfg: ModelConfig, x, scale):
 
 def _step_logits(params, layers: list, cfg: ModelConfig, tok_B, kv: list, lengths_B, num_new_B):
     """Next-token logits after feeding tok_B (written to the cache where num_new_B is 1)."""
-    s = kv[0][0].shape[2]
+    s = kv[0][1].shape[2]
     positions_Bx1 = lengths_B[:, None]
     write_B = jnp.where(num_new_B > 0, lengths_B, s)  # s: dropped, never written
     mask_BxS = jnp.arange(s)[None, :] <= positions_Bx1
@@ -321,10 +321,10 @@ def _decode(
 
     # Sliced once here, not on every step (see _step_logits).
     layers = _decode_layers(params, config)
-    # The loop carries the cache per layer as [B, K, S, H]: one transpose in and out per call instead of
-    # a multiply-reduce over the [B, S, K, H] layout on every step (~2x slower attention).
-    to_loop = lambda c_LxBxSxKxH, i: jnp.swapaxes(c_LxBxSxKxH[i], 1, 2)  # noqa: E731
-    kv0 = [(to_loop(state.cache.k_LxBxSxKxH, i), to_loop(state.cache.v_LxBxSxKxH, i)) for i in range(config.num_layers)]
+    # The loop carries K per layer as [B, K, H, S] and V as [B, K, S, H]: one transpose in and out per
+    # call instead of a multiply-reduce over the [B, S, K, H] layout on every step (~3x slower attention).
+    kc, vc = state.cache.k_LxBxSxKxH, state.cache.v_LxBxSxKxH
+    kv0 = [(jnp.transpose(kc[i], (0, 2, 3, 1)), jnp.swapaxes(vc[i], 1, 2)) for i in range(config.num_layers)]
 
     def body(carry):
         i, (kv, lengths_B, logits_BxV), out, done_B = carry
@@ -355,8 +355,8 @@ def _decode(
 
     init = (jnp.int32(0), (kv0, state.cache.lengths_B, state.logits_BxV), out, done0)
     _, (kv, lengths_B, logits_BxV), out, _ = jax.lax.while_loop(cond, body, init)
-    from_loop = lambda cs: jnp.swapaxes(jnp.stack(cs), 2, 3)  # noqa: E731
-    cache = Cache(from_loop([k for k, _ in kv]), from_loop([v for _, v in kv]), lengths_B)
+    k_LxBxSxKxH = jnp.transpose(jnp.stack([k for k, _ in kv]), (0, 1, 4, 2, 3))
+    cache = Cache(k_LxBxSxKxH, jnp.swapaxes(jnp.stack([v for _, v in kv]), 2, 3), lengths_B)
     return DecodeState(cache, logits_BxV), out
 
 
