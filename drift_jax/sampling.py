@@ -128,7 +128,9 @@ def _extend(params, config, state: DecodeState, tokens_BxT, num_new_B):
     cache = state.cache
     overflow_B = cache.lengths_B + num_new_B > cache.max_length
     last_B = jnp.clip(num_new_B - 1, 0, tokens_BxT.shape[1] - 1)
-    last_Bx1xV, cache = forward(params, config, tokens_BxT, cache=cache, num_new_B=num_new_B, logits_at_B=last_B)
+    last_Bx1xV, cache = forward(
+        params, config, tokens_BxT, cache=cache, num_new_B=num_new_B, logits_at_B=last_B
+    )
     last_BxV = last_Bx1xV[:, 0]
     logits_BxV = jnp.where((num_new_B > 0)[:, None], last_BxV, state.logits_BxV)
     return DecodeState(cache, logits_BxV), overflow_B
