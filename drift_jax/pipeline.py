@@ -190,7 +190,8 @@ def stage_weights(cfg, workdir: str, ref_path: str, *, name: str = "drift", unif
     """Returns -> weights -> weighted examples (`drift`), or the uniform / success-only baselines' data."""
     records = rollouts.read_rollouts(os.path.join(workdir, "rollouts"))
     chat = envs.ChatFormat.from_pretrained(ref_path)
-    returns_N = np.array([rec["return"] for rec in records], np.float32)
+    # Recomputed from the recorded turns, so a sweep over gamma or the penalties reuses the rollouts.
+    returns_N = np.array([rollouts.trajectory_return(rec, return_config(cfg)) for rec in records], np.float32)
     groups = np.array([rec["problem_id"] for rec in records])
     success = np.array([rec["solved_turn"] > 0 for rec in records])
     d = cfg.drift

@@ -90,3 +90,24 @@ def test_sequences_are_short_for_a_tiny_model():
     answer = chat.encode(demo[1]["content"])
     assert len(prompt) + len(answer) + 1 < 40
     assert chat.tokenizer.get_vocab_size() <= 512
+
+
+def test_max_problems():
+    probs = make_problems("train", 50, seed=3, num_operands=3, ops=("max",))
+    assert probs == make_problems("train", 50, seed=3, num_operands=3, ops=("max",))
+    for p in probs:
+        words = p.question.split()
+        assert words[0] == "max" and len(words) == 4 and int(p.answer) == max(map(int, words[1:]))
+    test = make_problems("test", 50, seed=3, num_operands=3, ops=("max",))
+    assert not {p.question for p in probs} & {p.question for p in test}
+
+
+def test_max_demonstrations_show_unrelated_wrong_numbers():
+    """Wrong attempts in max demonstrations are never numbers of the list: the demos teach the
+    multi-turn format, not how to use the feedback (that is left for DRIFT to learn)."""
+    probs = make_problems("train", 40, seed=1, num_operands=3, ops=("max",))
+    for p, demo in zip(probs, demonstrations(probs, seed=0, max_wrong_turns=2)):
+        numbers = {int(x) for x in p.question.split()[1:]}
+        answers = [int(m["content"][8:-9]) for m in demo if m["role"] == "assistant"]
+        assert answers[-1] == int(p.answer)
+        assert not set(answers[:-1]) & numbers and len(set(answers[:-1])) == len(answers) - 1
