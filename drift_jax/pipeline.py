@@ -252,7 +252,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     stage_seconds = {"reference": ref["seconds"]}
     if "reference" in cfg.methods:
         ev = stages.run("eval_reference", lambda: stage_eval(cfg, workdir, mesh, ref_path, "reference"))
-        methods["reference"] = _method_entry(workdir, "reference", 0.0, {})
+        methods["reference"] = _method_entry(workdir, "reference", ref["seconds"], {})  # its training, if any
         stage_seconds["eval_reference"] = ev["seconds"]
     if "drift" in cfg.methods:
         ro = stages.run("rollouts", lambda: stage_rollouts(cfg, workdir, mesh, ref_path))

@@ -1,17 +1,15 @@
-"""Synthetic modular-arithmetic task for the CPU quickstart: seeded problems, disjoint splits, demonstrations.
+"""Synthetic tasks for the CPU quickstart: seeded problems, disjoint splits, demonstrations.
 
-A problem is a sum reduced modulo a small number, e.g. `85+63 mod 5` (answer `3`). Why this task:
-- every answer lies in {0..modulus-1}, so a policy that has learned only the format already solves
-  1/modulus of the problems at the first turn (20% for the default 5), and far from all;
-- after "Incorrect" another attempt has a real chance, and a policy that stops repeating wrong answers
-  solves everything within `modulus` turns: multi-turn correction is where the headroom is;
-- the arithmetic is learnable but slow, so longer training lifts the first turn above chance
-  (mod 5 needs the last digits only; mod 7 every digit, which is harder).
-Measured once (2 layers, width 64, 1000 steps of 128 demonstrations, 80 s on a shared 2-core CPU): the
-format was learned, the residue was at chance (22% first turn), and greedy decoding repeated its wrong
-answer after "Incorrect" every time. That repetition is what DRIFT should unlearn.
-The split of a problem is a hash of its question, so train and test are disjoint for every seed.
-"""
+Two families, both answered as `<answer>N</answer>` and verified exactly:
+- `ops=("max",)`: the largest of `num_operands` numbers, e.g. `max 85 63 51` (answer `85`). The quickstart
+  uses it: a tiny model learns it partially in a minute, its mistakes are plausible (a wrong number of
+  the list, a near miss), and after "Incorrect" another candidate has a real chance, so multi-turn
+  correction matters. Multi-turn demonstrations show wrong attempts that are numbers NOT in the list:
+  the reference sees the chat format of feedback turns without being taught how to use the feedback.
+- `ops` from `+ - *`, with a `modulus`: e.g. `85+63 mod 5` (answer `3`). Every answer lies in
+  {0..modulus-1}, so retries have a small candidate set. Measured once (2 layers, width 64, 1000 steps,
+  80 s on 2 shared cores): a tiny model learns the format but stays at chance on the residue and its
+  output ignores the problem, so it is a poor reference for DRIFT at this scale (see README)."""
 
 from __future__ import annotations
 
