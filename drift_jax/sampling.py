@@ -179,8 +179,28 @@ def prefill(
     mesh: Mesh | None = None,
 ) -> tuple[DecodeState, jax.Array]:
     """A ragged batch (right-padded tokens, per-row lengths) into a fresh cache of `max_length`."""
-    state = init_state(config, np.shape(tokens_BxT)[0], max_length, mesh=mesh)
-    return extend(params, config, state, tokens_BxT, lengths_B, mesh=mesh)
+    b, t = np.shape(tokens_BxT)
+    prompt_length = _round_up(t, _BUCKET)  # as extend pads it
+    if prompt_length >= max_length:
+        state = init_state(config, b, max_length, mesh=mesh)
+        return extend(params, config, state, tokens_BxT, lengths_B, mesh=mesh)
+    # The prompt attends over its own positions only, not over max_length mostly-empty slots; the cache
+    # then grows to max_length with one copy. (No row can overflow: t <= prompt_length < max_length.)
+    state = init_state(config, b, prompt_length, mesh=mesh)
+    state, overflow_B = extend(params, config, state, tokens_BxT, lengths_B, mesh=mesh)
+    with _with_mesh(mesh):
+        return _grow_fn(config, mesh, b, prompt_length, max_length)(state), overflow_B
+
+
+@functools.lru_cache(maxsize=64)
+def _grow_fn(config: ModelConfig, mesh: Mesh | None, batch: int, length: int, max_length: int):
+    def grow(state: DecodeState) -> DecodeState:
+        pad = ((0, 0), (0, 0), (0, max_length - length), (0, 0), (0, 0))
+        c = state.cache
+        cache = Cache(jnp.pad(c.k_LxBxSxKxH, pad), jnp.pad(c.v_LxBxSxKxH, pad), c.lengths_B)
+        return DecodeState(cache, state.logits_BxV)
+
+    return jax.jit(grow, out_shardings=_state_shardings(mesh, config, batch, max_length))
 
 
 # ----------------------------------------------------------------------------- sampling
