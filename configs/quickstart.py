@@ -6,9 +6,9 @@ Task: `max a b c d` (the largest of four 2-digit numbers), 5 turns with "Incorre
 Reference: a 2-layer model trained from scratch for ~1 minute on demonstrations of the easier `max a b`
 (half of them multi-turn, with wrong attempts that are numbers not in the list, so it knows the chat
 format of feedback turns but was never taught to use the feedback), as an instruct model is trained on
-data other than the task DRIFT is then run on. DRIFT: 512 training problems x 8 samples at temperature 1,
+data other than the task DRIFT is then run on. DRIFT: 512 training problems x 16 samples at temperature 1,
 weights exp(R/beta)/Z per problem, weighted SFT on the last turn. Produces runs/quickstart/{results.json,
-report.md, report.png} in about 4-5 minutes on 2 CPU cores; README gives the measured numbers.
+report.md, report.png} in about 3-5 minutes on 2 CPU cores; README gives the measured numbers.
 """
 
 import ml_collections
@@ -35,7 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                                      knobs=dict(num_operands=2, max_digits=2, modulus=0, ops=("max",))),
                        train=dict(lr=3e-3, warmup_ratio=0.05, schedule="cosine", weight_decay=0.0, clip_norm=1.0,
                                   batch_size=8, seq_len=128, epochs=4, save_every=1000, progress_bar=True))
-    c.rollout = dict(num_problems=512, num_samples=8, temperature=1.0, top_k=0, top_p=1.0,
+    c.rollout = dict(num_problems=512, num_samples=16, temperature=1.0, top_k=0, top_p=1.0,
                      rows_per_batch=512, problems_per_shard=128)
     c.returns = dict(gamma=0.9, format_penalty=-0.1, repeat_penalty=0.5)
     # all_fail="drop": a third of the groups have no success with this weak reference; "keep" (the
@@ -43,5 +43,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.drift = dict(beta=0.1, normalize="group", all_fail="drop", clip=0.0, supervision="terminal")
     c.train = dict(lr=3e-4, warmup_ratio=0.1, schedule="constant", weight_decay=0.1, clip_norm=1.0,
                    batch_size=16, seq_len=128, epochs=3, save_every=1000, progress_bar=True)
-    c.eval = dict(task=dict(name=""), split="test", num_problems=500, rows_per_batch=500)  # task: as c.task
+    c.eval = dict(task=dict(name=""), split="test", num_problems=1000, rows_per_batch=500)  # task: as c.task
     return _args.apply(c, arg)

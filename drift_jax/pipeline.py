@@ -208,6 +208,11 @@ def stage_weights(cfg, workdir: str, ref_path: str, *, name: str = "drift", unif
                                        max_length=cfg.train.seq_len)
         if ex is not None:
             examples.append(ex)
+    if not examples:
+        raise ValueError(
+            f"{name}: no trajectory has a positive weight ({int(success.sum())} of {len(records)} succeeded, "
+            f"drift.all_fail={d.all_fail!r}); sample more (rollout.num_samples), or keep failed groups"
+        )
     path = os.path.join(workdir, name, "examples.arrayrecord")
     data.write_examples(path, examples)
     np.save(os.path.join(workdir, name, "weights.npy"), w)

@@ -19,6 +19,7 @@ def tiny_config():
     c.rollout.update(num_problems=6, num_samples=2, rows_per_batch=8, problems_per_shard=4)
     c.train.update(epochs=1, batch_size=4, seq_len=96, progress_bar=False)
     c.eval.update(num_problems=8, rows_per_batch=8)
+    c.drift.all_fail = "keep"  # an untrained tiny policy solves nothing: "drop" would leave no examples
     return c
 
 
@@ -48,6 +49,13 @@ def test_baseline_free_methods_subset(tmp_path):
     cfg.methods = ("reference",)
     results = pipeline.run(cfg, str(tmp_path))
     assert set(results["methods"]) == {"reference"} and not os.path.exists(tmp_path / "rollouts")
+
+
+def test_no_successful_group_with_drop_is_a_clear_error(tmp_path):
+    cfg = tiny_config()
+    cfg.drift.all_fail = "drop"
+    with pytest.raises(ValueError, match="no trajectory has a positive weight"):
+        pipeline.run(cfg, str(tmp_path))
 
 
 def test_unknown_task_file_is_a_clear_error(tmp_path):
