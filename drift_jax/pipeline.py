@@ -28,6 +28,8 @@ from drift_jax import data, envs, episodes, evaluate, hf, model, report, returns
 from drift_jax.weights import drift_weights, weight_diagnostics
 
 log = logging.getLogger(__name__)
+# Methods trained offline from the fixed reference: DRIFT and the baselines that share its data and trainer.
+OFFLINE_METHODS = ("drift", "sft_rollouts", "rft", "sft")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 
 
@@ -187,7 +189,8 @@ def return_config(cfg) -> returns.ReturnConfig:
 
 def stage_weights(cfg, workdir: str, ref_path: str, *, name: str = "drift", uniform: bool = False,
                   successful_only: bool = False) -> dict[str, Any]:
-    """Returns -> weights -> weighted examples (`drift`), or the uniform / success-only baselines' data."""
+    """Returns -> weights -> weighted examples (`drift`), or the baselines' data from the same rollouts:
+    uniform weights (`sft_rollouts`, the paper's SFT-5turn) or successful trajectories only (`rft`)."""
     records = rollouts.read_rollouts(os.path.join(workdir, "rollouts"))
     chat = envs.ChatFormat.from_pretrained(ref_path)
     # Recomputed from the recorded turns, so a sweep over gamma or the penalties reuses the rollouts.
@@ -219,6 +222,18 @@ def stage_weights(cfg, workdir: str, ref_path: str, *, name: str = "drift", unif
     diag = weight_diagnostics(w, groups)
     scalars = {k: float(v) for k, v in diag.items() if np.ndim(v) == 0}
     return {"examples": len(examples), "mean_return": float(returns_N.mean()), **scalars}
+
+
+def stage_sft_data(cfg, workdir: str, ref_path: str) -> dict[str, Any]:
+    """The `sft` baseline's data: single-turn chats answering the rollout problems with the gold answer."""
+    chat = envs.ChatFormat.from_pretrained(ref_path)
+    transcripts = [
+        envs.first_messages(p) + [{"role": "assistant", "content": f"<answer>{p.answer}</answer>"}]
+        for p in problems(cfg, "train", cfg.rollout.num_problems)
+    ]
+    examples = examples_from_messages(chat, transcripts, cfg.train.seq_len)
+    data.write_examples(os.path.join(workdir, "sft", "examples.arrayrecord"), examples)
+    return {"examples": len(examples)}
 
 
 def stage_train(cfg, workdir: str, mesh, ref_path: str, name: str) -> dict[str, Any]:
@@ -259,17 +274,28 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         ev = stages.run("eval_reference", lambda: stage_eval(cfg, workdir, mesh, ref_path, "reference"))
         methods["reference"] = _method_entry(workdir, "reference", ref["seconds"], {})  # its training, if any
         stage_seconds["eval_reference"] = ev["seconds"]
-    if "drift" in cfg.methods:
-        ro = stages.run("rollouts", lambda: stage_rollouts(cfg, workdir, mesh, ref_path))
-        wt = stages.run("weights", lambda: stage_weights(cfg, workdir, ref_path))
-        tr = stages.run("train_drift", lambda: stage_train(cfg, workdir, mesh, ref_path, "drift"))
-        ev = stages.run("eval_drift", lambda: stage_eval(cfg, workdir, mesh, tr["path"], "drift"))
-        cost = ro["seconds"] + wt["seconds"] + tr["seconds"]
-        methods["drift"] = _method_entry(workdir, "drift", cost, {
-            "tokens_generated": ro["tokens_generated"], "tokens_trained": tr["scored_tokens_per_epoch"] * cfg.train.epochs,
-        })
-        stage_seconds.update(rollouts=ro["seconds"], weights=wt["seconds"], train_drift=tr["seconds"],
-                             eval_drift=ev["seconds"])
+    unknown = set(cfg.methods) - {"reference", *OFFLINE_METHODS}
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; available: reference, {', '.join(OFFLINE_METHODS)}")
+    for name in [m for m in cfg.methods if m in OFFLINE_METHODS]:
+        cost, extra = 0.0, {}
+        if name != "sft":  # every other method learns from the same reference rollouts
+            ro = stages.run("rollouts", lambda: stage_rollouts(cfg, workdir, mesh, ref_path))
+            cost += ro["seconds"]
+            extra["tokens_generated"] = ro["tokens_generated"]
+            stage_seconds["rollouts"] = ro["seconds"]
+        data_stage = "weights" if name == "drift" else f"data_{name}"
+        if name == "sft":
+            dt = stages.run(data_stage, lambda: stage_sft_data(cfg, workdir, ref_path))
+        else:
+            dt = stages.run(data_stage, lambda n=name: stage_weights(
+                cfg, workdir, ref_path, name=n, uniform=n == "sft_rollouts", successful_only=n == "rft"))
+        tr = stages.run(f"train_{name}", lambda n=name: stage_train(cfg, workdir, mesh, ref_path, n))
+        ev = stages.run(f"eval_{name}", lambda n=name, path=tr["path"]: stage_eval(cfg, workdir, mesh, path, n))
+        cost += dt["seconds"] + tr["seconds"]
+        extra["tokens_trained"] = tr["scored_tokens_per_epoch"] * cfg.train.epochs
+        methods[name] = _method_entry(workdir, name, cost, extra)
+        stage_seconds.update({data_stage: dt["seconds"], f"train_{name}": tr["seconds"], f"eval_{name}": ev["seconds"]})
     results_path = os.path.join(workdir, "results.json")
     report.write_results(results_path, methods, {"max_turns": cfg.max_turns, "task": cfg.task.name})
     diag, weights_N = None, None

@@ -44,6 +44,62 @@ def test_pipeline_end_to_end_and_resume(tmp_path, capsys):
     assert out.count("cached") == 6 and again["methods"] == methods
 
 
+def test_offline_baselines_share_the_rollouts(tmp_path, capsys):
+    cfg = tiny_config()
+    cfg.methods = ("reference", "drift", "sft_rollouts", "sft")  # rft: an untrained policy solves nothing
+    methods = pipeline.run(cfg, str(tmp_path))["methods"]
+    assert set(methods) == set(cfg.methods)
+    out = capsys.readouterr().out
+    assert out.count("[rollouts] done") == 1 and out.count("[rollouts] cached") == 1  # sampled once, reused
+    assert "tokens_generated" not in methods["sft"] and methods["sft"]["tokens_trained"] > 0
+    import numpy as np
+
+    uniform = np.load(tmp_path / "sft_rollouts" / "weights.npy")
+    assert np.all(uniform == 1.0)
+    assert "| sft |" in (tmp_path / "report.md").read_text()
+
+
+def test_rft_and_drift_data_from_crafted_rollouts(tmp_path):
+    """rft keeps exactly the solved trajectories at weight 1; drift gives them most of the mass."""
+    import numpy as np
+
+    from drift_jax import data, envs, rollouts
+
+    chat = envs.ChatFormat.from_pretrained(envs.SYNTHETIC_TOKENIZER)
+    eot, fb = chat.end_of_turn_id, chat.feedback_ids(envs.DEFAULT_FEEDBACK)
+    ans = lambda text: chat.encode(text) + [eot]  # noqa: E731
+
+    def record(pid, sample, answers, solved):
+        turns = [{"response_ids": ans(f"<answer>{a}</answer>"), "answer": str(a), "format_ok": True,
+                  "reward": float(i + 1 == solved), "feedback_ids": fb if i + 1 < len(answers) else []}
+                 for i, a in enumerate(answers)]
+        return {"problem_id": pid, "sample": sample, "prompt_ids": chat.prompt_ids([{"role": "user", "content": "q"}]),
+                "turns": turns, "solved_turn": solved}
+
+    recs = [record("p1", 0, [7], 1), record("p1", 1, [3, 7], 2), record("p1", 2, [3, 4], 0),
+            record("p2", 0, [1, 2], 0), record("p2", 1, [1, 1], 0)]
+    (tmp_path / "rollouts").mkdir()
+    rollouts._write_shard(rollouts.shard_path(str(tmp_path / "rollouts"), 0), recs)
+    cfg = tiny_config()
+    cfg.drift.all_fail = "drop"
+    summary = pipeline.stage_weights(cfg, str(tmp_path), str(envs.SYNTHETIC_TOKENIZER), name="rft", successful_only=True)
+    assert summary["examples"] == 2
+    np.testing.assert_array_equal(np.load(tmp_path / "rft" / "weights.npy"), [1, 1, 0, 0, 0])
+    pipeline.stage_weights(cfg, str(tmp_path), str(envs.SYNTHETIC_TOKENIZER), name="drift")
+    w = np.load(tmp_path / "drift" / "weights.npy")
+    assert w[0] > w[1] > w[2] and w[3] == w[4] == 0 and np.isclose(w[:3].mean(), 1.0, atol=1e-5)
+    source = data.ExampleSource(str(tmp_path / "rft" / "examples.arrayrecord"))
+    scored = [chat.decode(source[i]["tokens"][source[i]["loss_mask"] == 1]) for i in range(len(source))]
+    assert scored == ["<answer>7</answer>", "<answer>7</answer>"]  # terminal turn only
+
+
+def test_unknown_method(tmp_path):
+    cfg = tiny_config()
+    cfg.methods = ("reference", "online_rl")
+    with pytest.raises(ValueError, match="unknown methods.*online_rl"):
+        pipeline.run(cfg, str(tmp_path))
+
+
 def test_baseline_free_methods_subset(tmp_path):
     cfg = tiny_config()
     cfg.methods = ("reference",)
