@@ -1,18 +1,25 @@
-"""The quickstart's claim, end to end (slow: ~3-5 minutes; `bash launch/test.sh -m slow`)."""
+"""The quickstart's claim, end to end, exactly as `bash launch/quickstart.sh` runs it (slow: ~2-5 minutes;
+`bash launch/test.sh -m slow`)."""
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
-
-from configs import quickstart
-from drift_jax import pipeline
 
 
 @pytest.mark.slow
 def test_quickstart_drift_beats_reference_by_ten_points(tmp_path):
     """Held-out multi@5: DRIFT at least 10 points above the reference policy (issue bar; README table).
-    If this fails after a change, rerun `bash launch/quickstart.sh` and compare report.md with the README
-    before touching the config: the numbers are deterministic for a given seed and machine type."""
-    cfg = quickstart.get_config()
-    cfg.reference.train.progress_bar = False
-    cfg.train.progress_bar = False
-    methods = pipeline.run(cfg, str(tmp_path))["methods"]
+
+    Runs in a subprocess with the machine's real devices (one CPU device), not the suite's 8 fake ones:
+    the device count changes float reduction order, hence the trained models, like another seed does
+    (on 8 fake devices this config measured 34.0 -> 43.2). If this fails after a change, rerun
+    `bash launch/quickstart.sh` and compare report.md with the README before touching the config."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_DEFAULT_MATMUL_PRECISION")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-m", "drift_jax.main", "--config=configs/quickstart.py", f"--workdir={tmp_path}"],
+                   cwd=root, env={**env, "PYTHONPATH": root}, check=True, stdout=subprocess.DEVNULL)
+    methods = json.loads((tmp_path / "results.json").read_text())["methods"]
     assert methods["drift"]["multi@5"] >= methods["reference"]["multi@5"] + 0.10, methods
