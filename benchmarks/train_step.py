@@ -13,7 +13,6 @@ peak, measured as the best of large JAX and PyTorch f32 matmuls next to each rep
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys

@@ -24,9 +24,6 @@ from drift_jax import sampling
 from drift_jax.envs import DEFAULT_FEEDBACK, ChatFormat, Env, Problem
 from drift_jax.model import ModelConfig, Params
 
-_BUCKET = 16
-
-
 @dataclasses.dataclass(frozen=True)
 class EpisodeConfig:
     """How episodes are played: turns, tokens per turn, the sampling rule and the feedback message."""
@@ -57,10 +54,6 @@ def trajectory_keys(seed: int, problem_ids: Sequence[str], samples: Sequence[int
     return fold(h, s)
 
 
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
-
-
 def run_episodes(
     params: Params,
     model_config: ModelConfig,
@@ -85,19 +78,15 @@ def run_episodes(
     n = len(problems)
     if n == 0:
         return []
-    # Inactive padding rows keep every batch one shape (one compile) and divide the data axes.
-    rows = _round_up(max(n, pad_rows_to), 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"])
     env = Env(config.max_turns, config.feedback, config.system_prompt)
     prompts = [chat.prompt_ids(m) for m in env.reset(problems)]
     feedback_ids = chat.feedback_ids(config.feedback)
+    # Inactive padding rows keep every batch one shape (one compile) and divide the data axes.
+    tokens, lengths = sampling.pad_batch(prompts, mesh=mesh, min_rows=pad_rows_to, pad_id=chat.pad_id)
+    rows = len(lengths)
     # Size the cache for the longest possible episode: no row can ever overflow it.
     longest = max(len(p) for p in prompts) + config.max_turns * config.max_new_tokens
-    max_length = _round_up(longest + (config.max_turns - 1) * (len(feedback_ids) + 1), _BUCKET)
-    lengths = np.array([len(p) for p in prompts] + [1] * (rows - n), np.int32)
-    tokens = np.full((rows, _round_up(int(lengths.max()), _BUCKET)), chat.pad_id, np.int32)
-
-    for i, p in enumerate(prompts):
-        tokens[i, : len(p)] = p
+    max_length = sampling.round_up(longest + (config.max_turns - 1) * (len(feedback_ids) + 1), sampling.BUCKET)
     state, _ = sampling.prefill(params, model_config, tokens, lengths, max_length=max_length, mesh=mesh)
     rule = sampling.Sampling(
         float(config.temperature), int(config.top_k), float(config.top_p), tuple(chat.stop_token_ids), chat.pad_id
@@ -124,12 +113,13 @@ def run_episodes(
         if out.truncated_B[active].any():  # cannot happen with the sizing above; never hide it
             raise RuntimeError("KV cache overflow in run_episodes: the cache sizing is wrong")
         responses = [out.tokens_BxN[r, : out.num_tokens_B[r]].tolist() for r in active_rows]
-        results = env.step([chat.decode(ids_) for ids_ in responses])
-        for r, ids_, res in zip(active_rows, responses, results):
+        texts = [chat.decode(ids_) for ids_ in responses]
+        results = env.step(texts)
+        for r, ids_, text, res in zip(active_rows, responses, texts, results):
             records[r]["turns"].append({
                 "response_ids": ids_,
                 "logprobs": out.logprobs_BxN[r, : len(ids_)].astype(np.float32).tolist(),
-                "text": chat.decode(ids_),
+                "text": text,
                 "answer": res.parsed_answer,
                 "format_ok": bool(res.format_ok),
                 "reward": float(res.reward),

@@ -194,7 +194,8 @@ def stage_weights(cfg, workdir: str, ref_path: str, *, name: str = "drift", unif
     records = rollouts.read_rollouts(os.path.join(workdir, "rollouts"))
     chat = envs.ChatFormat.from_pretrained(ref_path)
     # Recomputed from the recorded turns, so a sweep over gamma or the penalties reuses the rollouts.
-    returns_N = np.array([rollouts.trajectory_return(rec, return_config(cfg)) for rec in records], np.float32)
+    return_cfg = return_config(cfg)
+    returns_N = np.array([rollouts.trajectory_return(rec, return_cfg) for rec in records], np.float32)
     groups = np.array([rec["problem_id"] for rec in records])
     success = np.array([rec["solved_turn"] > 0 for rec in records])
     d = cfg.drift

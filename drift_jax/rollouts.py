@@ -19,7 +19,6 @@ from typing import Any
 
 import jax
 import msgpack
-import numpy as np
 import tqdm
 
 from drift_jax import episodes, returns

@@ -31,7 +31,7 @@ from drift_jax.model import (
     CACHE_LOGICAL, Cache, ModelConfig, Params, RMSNorm, apply_rope, forward, init_cache, rope_inv_freq,
 )
 
-_BUCKET = 16  # prompt / cache lengths are rounded up to this to limit recompiles
+BUCKET = 16  # prompt / cache lengths are rounded up to this to limit recompiles
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +162,7 @@ def extend(
     b, s = state.cache.lengths_B.shape[0], state.cache.max_length
     tokens_BxT = np.asarray(tokens_BxT, np.int32)
     # Bucket T so turns of different lengths share compiled code.
-    tokens_BxT = np.pad(tokens_BxT, ((0, 0), (0, -tokens_BxT.shape[1] % _BUCKET)))
+    tokens_BxT = np.pad(tokens_BxT, ((0, 0), (0, -tokens_BxT.shape[1] % BUCKET)))
     tokens_BxT = sharding.put(tokens_BxT, mesh, ("batch", None))
     num_new_B = sharding.put(np.asarray(num_new_B, np.int32), mesh, ("batch",))
     with _with_mesh(mesh):
@@ -180,7 +180,7 @@ def prefill(
 ) -> tuple[DecodeState, jax.Array]:
     """A ragged batch (right-padded tokens, per-row lengths) into a fresh cache of `max_length`."""
     b, t = np.shape(tokens_BxT)
-    prompt_length = _round_up(t, _BUCKET)  # as extend pads it
+    prompt_length = round_up(t, BUCKET)  # as extend pads it
     if prompt_length >= max_length:
         state = init_state(config, b, max_length, mesh=mesh)
         return extend(params, config, state, tokens_BxT, lengths_B, mesh=mesh)
@@ -429,8 +429,26 @@ def decode(
 # ----------------------------------------------------------------------------- generate
 
 
-def _round_up(n: int, m: int) -> int:
+def round_up(n: int, m: int) -> int:
     return -(-n // m) * m
+
+
+def pad_batch(
+    prompts: Sequence[Sequence[int]], *, mesh: Mesh | None = None, min_rows: int = 0, pad_id: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded tokens_BxT and lengths_B of a ragged batch, ready for `prefill`.
+
+    B is at least `min_rows` (one shape, one compile, across batches) and a multiple of the data axes;
+    the extra rows hold one pad token and are to be kept inactive. T is rounded up to BUCKET.
+    """
+    n = len(prompts)
+    row_mult = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+    b = round_up(max(n, min_rows), row_mult)
+    lengths = np.array([len(p) for p in prompts] + [1] * (b - n), np.int32)
+    tokens = np.full((b, round_up(int(lengths.max()), BUCKET)), pad_id, np.int32)
+    for i, p in enumerate(prompts):
+        tokens[i, : len(p)] = p
+    return tokens, lengths
 
 
 @functools.partial(jax.jit, static_argnames="num_rows")
@@ -459,15 +477,9 @@ def generate(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     n = len(prompts)
-    # Pad the batch so it divides the data axes; padding rows are inactive.
-    row_mult = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
-    b = _round_up(n, row_mult)
-    lengths = np.array([len(p) for p in prompts] + [1] * (b - n), np.int32)
-    t = _round_up(int(lengths.max()), _BUCKET)
-    tokens = np.zeros((b, t), np.int32)
-    for i, p in enumerate(prompts):
-        tokens[i, : len(p)] = p
-    max_length = _round_up(int(lengths.max()) + max_new_tokens, _BUCKET)
+    tokens, lengths = pad_batch(prompts, mesh=mesh)
+    b = len(lengths)
+    max_length = round_up(int(lengths.max()) + max_new_tokens, BUCKET)
     sampling = Sampling(float(temperature), int(top_k), float(top_p), tuple(int(s) for s in stop_tokens))
     state, _ = prefill(params, config, tokens, lengths, max_length=max_length, mesh=mesh)
     active = np.arange(b) < n
