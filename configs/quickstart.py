@@ -20,7 +20,8 @@ from drift_jax.envs import DEFAULT_FEEDBACK
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.methods = ("reference", "drift")
+    # Every method of the comparison; configs/quickstart_drift.py runs the reference and DRIFT only.
+    c.methods = ("reference", "drift", "sft_rollouts", "rft", "sft", "online_rl")
     c.max_turns = 5
     c.max_new_tokens = 8  # "<answer>85</answer>" + end of turn is 5 tokens
     c.feedback = DEFAULT_FEEDBACK
@@ -43,5 +44,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.drift = dict(beta=0.1, normalize="group", all_fail="drop", clip=0.0, supervision="terminal")
     c.train = dict(lr=3e-4, warmup_ratio=0.1, schedule="constant", weight_decay=0.1, clip_norm=1.0,
                    batch_size=16, seq_len=128, epochs=3, save_every=1000, progress_bar=True)
+    # Online multi-turn RL: 32 problems x 8 samples per iteration from the current policy, one on-policy
+    # step each, KL to the reference at DRIFT's beta; budget 4x DRIFT's wall time (or budget_seconds
+    # when DRIFT is not run), extended up to 2x while its held-out multi@5 still rises.
+    c.online_rl = dict(budget_ratio=4.0, budget_seconds=300.0, extend_while_rising=2.0, max_iterations=0,
+                       problems_per_iteration=32, samples_per_problem=8, kl_coef=0.1, scale_by_std=False,
+                       eval_every=10,
+                       train=dict(lr=1e-4, warmup_ratio=0.0, warmup_steps=5, schedule="constant", weight_decay=0.0,
+                                  clip_norm=1.0, batch_size=128, seq_len=256, loss_reduction="token_sum",
+                                  progress_bar=False))
     c.eval = dict(task=dict(name=""), split="test", num_problems=1000, rows_per_batch=500)  # task: as c.task
     return _args.apply(c, arg)

@@ -3,7 +3,8 @@
 Record format (one ArrayRecord record per example, msgpack-encoded; `sft_examples.make_example` makes them):
   tokens     int32 [T]
   loss_mask  int8  [T]   1 where tokens[t] is a target, predicted from tokens[:t] (assistant tokens)
-  weight     float32     the trajectory's importance weight w
+  weight     float32     the trajectory's importance weight w (a policy-gradient advantage may be negative)
+  mass       float32     optional: the example's share of the loss denominator (default: weight)
   group_id, example_id   optional strings
 `write_examples(path, examples)` writes them; `ExampleSource(path_or_list)` reads them (random access).
 
@@ -15,10 +16,12 @@ plans each epoch from the seed and the examples' lengths only, so a resumed run 
 batches it would have seen. Each host builds only the rows its devices hold (`Batcher.global_batch`).
 
 Per-token weights carry the loss normalisation, so that the trainer's loss
-    sum_e w_e * l_e / sum_e w_e        (over the GLOBAL batch)
+    sum_e w_e * l_e / sum_e m_e        (over the GLOBAL batch; m_e = mass_e, by default w_e)
 is one sum over tokens divided by one sum over rows, whatever the split into micro-batches or hosts:
   token_weight[t] = w_e / n_e  (loss_reduction "token_mean", n_e = scored tokens of e)  or  w_e  ("token_sum")
-  row_weight[r]   = sum of w_e over the examples packed in row r.
+  row_weight[r]   = sum of m_e over the examples packed in row r.
+Weighted SFT leaves mass out (loss = weighted mean); online RL's signed advantages sum to about zero, so
+it gives each example mass 1 (loss = mean over trajectories of A_e * l_e).
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ def encode_example(example: Example) -> bytes:
         "loss_mask": np.asarray(example["loss_mask"], np.int8).tobytes(),
         "weight": float(example["weight"]),
     }
+    if example.get("mass") is not None:
+        record["mass"] = float(example["mass"])
     for key in ("group_id", "example_id"):
         if example.get(key) is not None:
             record[key] = str(example[key])
@@ -69,6 +74,8 @@ def decode_example(data: bytes) -> dict[str, Any]:
     record["tokens"] = np.frombuffer(record["tokens"], np.int32)
     record["loss_mask"] = np.frombuffer(record["loss_mask"], np.int8)
     record["weight"] = np.float32(record["weight"])
+    if "mass" in record:
+        record["mass"] = np.float32(record["mass"])
     return record
 
 
@@ -128,6 +135,13 @@ class BatchConfig:
             raise ValueError(f"batch_size={self.batch_size} must be a multiple of micro_batches={self.micro_batches}")
         if self.loss_reduction not in ("token_mean", "token_sum"):
             raise ValueError(f"loss_reduction must be token_mean|token_sum, got {self.loss_reduction!r}")
+
+
+def batch_shapes(config: BatchConfig) -> dict[str, tuple[int, ...]]:
+    """Global shape of each batch field: [M micro-batches, R rows, T tokens] ([M, R] for row_weight)."""
+    m, t = config.micro_batches, config.seq_len
+    r = config.batch_size // m
+    return {k: (m, r) if k == "row_weight" else (m, r, t) for k in BATCH_AXES}
 
 
 def pack_rows(order: Sequence[int], lengths: np.ndarray, seq_len: int, pack: bool) -> list[list[int]]:
@@ -238,14 +252,12 @@ class Batcher:
             row["token_weight"][start : start + n - 1] = np.where(scored, np.float32(per_token), 0)
             row["positions"][sl] = np.arange(n)
             row["segment_ids"][sl] = seg
-            row["row_weight"] = np.float32(row["row_weight"] + w)
+            row["row_weight"] = np.float32(row["row_weight"] + e.get("mass", w))
             start += n
         return row
 
     def global_shapes(self) -> dict[str, tuple[int, ...]]:
-        m, t = self.config.micro_batches, self.config.seq_len
-        r = self.config.batch_size // m
-        return {k: (m, r) if k == "row_weight" else (m, r, t) for k in BATCH_AXES}
+        return batch_shapes(self.config)
 
     def host_batch(self, step: int) -> dict[str, np.ndarray]:
         """The whole global batch on this host, [M, R, T] (tests and single-host use)."""

@@ -1,5 +1,9 @@
 """The DRIFT pipeline as cached stages: reference -> rollouts -> weights -> weighted SFT -> eval -> report.
 
+Baselines run in the same pipeline (`cfg.methods`): the offline ones (`sft`, `sft_rollouts`, `rft`)
+share DRIFT's rollouts and trainer; `online_rl` trains from the reference with the same sampler,
+environment, return and trainer, under a wall-time budget of `cfg.online_rl.budget_ratio` x DRIFT's.
+
 Every stage writes its outputs under the workdir and, last, a marker `stages/<name>.json` holding its
 wall time and summary; a rerun skips stages whose marker exists and resumes the one that stopped
 (rollout shards and trainer checkpoints resume inside a stage). Policies are exchanged as HF
@@ -24,12 +28,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from drift_jax import data, envs, episodes, evaluate, hf, model, report, returns, rollouts, sft_examples, sharding, train
+from drift_jax import (data, envs, episodes, evaluate, hf, model, online_rl, report, returns, rollouts, sft_examples,
+                       sharding, train)
 from drift_jax.weights import drift_weights, weight_diagnostics
 
 log = logging.getLogger(__name__)
 # Methods trained offline from the fixed reference: DRIFT and the baselines that share its data and trainer.
 OFFLINE_METHODS = ("drift", "sft_rollouts", "rft", "sft")
+METHODS = ("reference", *OFFLINE_METHODS, "online_rl")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 
 
@@ -247,11 +253,46 @@ def stage_train(cfg, workdir: str, mesh, ref_path: str, name: str) -> dict[str, 
     return {"path": os.path.join(out, "hf"), "scored_tokens_per_epoch": tokens}
 
 
+def stage_online_rl(cfg, workdir: str, mesh, ref_path: str, budget_seconds: float) -> dict[str, Any]:
+    """Online multi-turn RL from the reference on the rollouts' problems; the learning curve is measured
+    on the evaluation problems (greedy multi@max_turns)."""
+    model_config, ref_params, chat = load_policy(ref_path, mesh, cfg)
+    o = cfg.online_rl
+    config = online_rl.OnlineRLConfig(
+        problems_per_iteration=o.problems_per_iteration, samples_per_problem=o.samples_per_problem,
+        kl_coef=o.kl_coef, scale_by_std=o.scale_by_std, budget_seconds=budget_seconds,
+        extend_while_rising=o.extend_while_rising, max_iterations=o.max_iterations, eval_every=o.eval_every,
+        save_every=o.eval_every, seed=cfg.seed,
+    )
+    test = eval_problems(cfg)
+    greedy = episode_config(cfg, sample=False)
+
+    def held_out(params) -> float:
+        result = evaluate.evaluate(params, model_config, chat, test, greedy, mesh=mesh,
+                                   rows_per_batch=cfg.eval.rows_per_batch)
+        return result[f"multi@{cfg.max_turns}"]
+
+    out = os.path.join(workdir, "online_rl")
+    params, progress = online_rl.run(
+        config, train_config(o.train, cfg.seed), model_config, chat, ref_params,
+        problems(cfg, "train", cfg.rollout.num_problems), episode_config(cfg, sample=True), return_config(cfg),
+        held_out, os.path.join(out, "train"), mesh,
+    )
+    save_policy(model_config, params, ref_path, os.path.join(out, "hf"))
+    return {"path": os.path.join(out, "hf"), "budget_seconds": budget_seconds, "iterations": progress["iteration"],
+            "sampling_and_training_seconds": progress["seconds"], "optimizer_steps": progress["optimizer_steps"],
+            "tokens_generated": progress["tokens_generated"], "tokens_trained": progress["tokens_trained"],
+            "curve": progress["curve"]}
+
+
+def eval_problems(cfg) -> list[envs.Problem]:
+    return problems(cfg, cfg.eval.split, cfg.eval.num_problems, task=cfg.eval.task if cfg.eval.task.name else None)
+
+
 def stage_eval(cfg, workdir: str, mesh, policy_path: str, name: str) -> dict[str, Any]:
     model_config, params, chat = load_policy(policy_path, mesh, cfg)
-    test = problems(cfg, cfg.eval.split, cfg.eval.num_problems, task=cfg.eval.task if cfg.eval.task.name else None)
-    result = evaluate.evaluate(params, model_config, chat, test, episode_config(cfg, sample=False), mesh=mesh,
-                               rows_per_batch=cfg.eval.rows_per_batch)
+    result = evaluate.evaluate(params, model_config, chat, eval_problems(cfg), episode_config(cfg, sample=False),
+                               mesh=mesh, rows_per_batch=cfg.eval.rows_per_batch)
     with open(os.path.join(workdir, f"eval_{name}.json"), "w") as f:
         json.dump(result, f, indent=2)
     return {k: v for k, v in result.items() if k.startswith("multi@")}
@@ -275,9 +316,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         ev = stages.run("eval_reference", lambda: stage_eval(cfg, workdir, mesh, ref_path, "reference"))
         methods["reference"] = _method_entry(workdir, "reference", ref["seconds"], {})  # its training, if any
         stage_seconds["eval_reference"] = ev["seconds"]
-    unknown = set(cfg.methods) - {"reference", *OFFLINE_METHODS}
+    unknown = set(cfg.methods) - set(METHODS)
     if unknown:
-        raise ValueError(f"unknown methods {sorted(unknown)}; available: reference, {', '.join(OFFLINE_METHODS)}")
+        raise ValueError(f"unknown methods {sorted(unknown)}; available: {', '.join(METHODS)}")
     for name in [m for m in cfg.methods if m in OFFLINE_METHODS]:
         cost, extra = 0.0, {}
         if name != "sft":  # every other method learns from the same reference rollouts
@@ -297,6 +338,21 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         extra["tokens_trained"] = tr["scored_tokens_per_epoch"] * cfg.train.epochs
         methods[name] = _method_entry(workdir, name, cost, extra)
         stage_seconds.update({data_stage: dt["seconds"], f"train_{name}": tr["seconds"], f"eval_{name}": ev["seconds"]})
+    curves, key = {}, f"multi@{cfg.max_turns}"
+    if "drift" in methods:  # from the reference (time 0) to DRIFT's result after its rollouts + training
+        start = [(0.0, methods["reference"][key])] if "reference" in methods else []
+        curves["drift"] = start + [(methods["drift"]["wall_seconds"], methods["drift"][key])]
+    if "online_rl" in cfg.methods:
+        o = cfg.online_rl
+        budget = o.budget_ratio * methods["drift"]["wall_seconds"] if "drift" in methods else o.budget_seconds
+        orl = stages.run("online_rl", lambda: stage_online_rl(cfg, workdir, mesh, ref_path, budget))
+        ev = stages.run("eval_online_rl", lambda: stage_eval(cfg, workdir, mesh, orl["path"], "online_rl"))
+        # Its wall time counts sampling and training, not the learning-curve evaluations.
+        methods["online_rl"] = _method_entry(workdir, "online_rl", orl["sampling_and_training_seconds"], {
+            k: orl[k] for k in ("tokens_generated", "tokens_trained", "iterations", "optimizer_steps", "budget_seconds")
+        } | {"curve": [[p["seconds"], p["value"]] for p in orl["curve"]]})
+        curves["online_rl"] = [(p["seconds"], p["value"]) for p in orl["curve"]]
+        stage_seconds.update({"online_rl": orl["seconds"], "eval_online_rl": ev["seconds"]})
     results_path = os.path.join(workdir, "results.json")
     report.write_results(results_path, methods, {"max_turns": cfg.max_turns, "task": cfg.task.name})
     diag, weights_N = None, None
@@ -304,7 +360,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         diag = stages.get("weights")
         weights_N = np.load(os.path.join(workdir, "drift", "weights.npy"))
     report.write_report(workdir, methods, cfg.max_turns, stage_seconds=stage_seconds, weight_diagnostics=diag,
-                        weights_N=weights_N)
+                        weights_N=weights_N, curves=curves)
     with open(results_path) as f:
         return json.load(f)
 

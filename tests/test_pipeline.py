@@ -11,6 +11,7 @@ from drift_jax import pipeline
 
 def tiny_config():
     c = quickstart.get_config()
+    c.methods = ("reference", "drift")
     c.max_turns = 2
     c.mesh = dict(data=4, fsdp=1, tensor=2)
     c.model.scratch = dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=64)
@@ -19,6 +20,8 @@ def tiny_config():
     c.rollout.update(num_problems=6, num_samples=2, rows_per_batch=8, problems_per_shard=4)
     c.train.update(epochs=1, batch_size=4, seq_len=96, progress_bar=False)
     c.eval.update(num_problems=8, rows_per_batch=8)
+    c.online_rl.update(problems_per_iteration=2, samples_per_problem=2, eval_every=1, budget_ratio=0.05)
+    c.online_rl.train.update(batch_size=4, seq_len=96)
     c.drift.all_fail = "keep"  # an untrained tiny policy solves nothing: "drop" would leave no examples
     return c
 
@@ -93,10 +96,25 @@ def test_rft_and_drift_data_from_crafted_rollouts(tmp_path):
     assert scored == ["<answer>7</answer>", "<answer>7</answer>"]  # terminal turn only
 
 
+def test_online_rl_gets_a_budget_from_drift_and_a_curve_in_the_report(tmp_path):
+    cfg = tiny_config()
+    cfg.methods = ("reference", "drift", "online_rl")
+    results = pipeline.run(cfg, str(tmp_path))
+    orl, drift = results["methods"]["online_rl"], results["methods"]["drift"]
+    assert orl["budget_seconds"] == pytest.approx(0.05 * drift["wall_seconds"])
+    # It ran until the budget was spent (and stopped within 2x of it unless the curve still rose).
+    assert orl["wall_seconds"] >= orl["budget_seconds"] and orl["iterations"] >= 1
+    assert orl["curve"][0] == [0.0, results["methods"]["reference"]["multi@2"]]
+    assert orl["curve"][-1][1] == orl["multi@2"]  # the last curve point is the final policy's evaluation
+    assert orl["tokens_generated"] > 0 and orl["tokens_trained"] > 0
+    assert "| online_rl |" in (tmp_path / "report.md").read_text()
+    assert os.path.exists(tmp_path / "online_rl" / "hf" / "model.safetensors")
+
+
 def test_unknown_method(tmp_path):
     cfg = tiny_config()
-    cfg.methods = ("reference", "online_rl")
-    with pytest.raises(ValueError, match="unknown methods.*online_rl"):
+    cfg.methods = ("reference", "ppo")
+    with pytest.raises(ValueError, match="unknown methods.*ppo"):
         pipeline.run(cfg, str(tmp_path))
 
 

@@ -1,0 +1,234 @@
+"""Online multi-turn RL baseline (UFO-style): sample from the CURRENT policy, KL-penalised returns, policy-gradient steps.
+
+DRIFT optimises  E_pi[R] - beta * KL(pi || pi_ref)  offline; this baseline optimises the same objective
+online, so the two can be compared on one task at matched or larger compute:
+
+    repeat until the wall-time budget is spent:
+        P problems x K samples: multi-turn episodes from the current policy (temperature 1, the same
+            environment, feedback and return as the rollouts)                  -> episodes.run_episodes
+        R'_i = R_i - kl_coef * sum_t [log pi(a_t) - log pi_ref(a_t)]            (k1 estimate, sampled tokens)
+        A_i  = R'_i - mean of R' over the problem's K samples  (/ their std if scale_by_std, as GRPO)
+        one optimiser step on  sum_i A_i * NLL_i / (P K)  over every assistant turn  -> train.train_step
+
+All of an iteration's trajectories go into one optimiser step (the batch must hold them; if it cannot,
+the extra steps are taken on the same samples and logged), so the gradient is exactly on-policy and no
+importance ratio or clipping is needed. Sampler and trainer are the library's own: `run_episodes` and
+`train.compile_train_step` with `data.Batcher` batches whose examples carry weight A_i and mass 1.
+
+Budget: only sampling, scoring and training count towards `budget_seconds` (learning-curve evaluations
+do not). At the budget the run stops unless its held-out multi@k is still rising, up to
+`extend_while_rising` times the budget. Checkpoints (state + iteration + curve) make the stage resumable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from drift_jax import checkpoint, data, episodes, model, returns, rollouts, sft_examples, sharding, train
+from drift_jax.envs import ChatFormat, Problem
+from drift_jax.model import ModelConfig, Params
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineRLConfig:
+    problems_per_iteration: int = 32
+    samples_per_problem: int = 8  # K: the group whose mean return is the baseline
+    kl_coef: float = 0.1  # beta of the KL-regularised objective (DRIFT's beta optimises the same one)
+    scale_by_std: bool = False  # GRPO divides centred returns by the group std; Dr. GRPO does not
+    budget_seconds: float = 600.0  # sampling + scoring + training wall time
+    extend_while_rising: float = 2.0  # past the budget, go on while multi@k rises, up to this x budget
+    rise_threshold: float = 0.005  # "rising": the newest point beats every earlier one by this much
+    max_iterations: int = 0  # 0: the budget alone decides
+    eval_every: int = 10  # iterations between learning-curve points
+    save_every: int = 10  # iterations between checkpoints
+    seed: int = 0
+
+
+def iteration_problems(num_problems: int, per_iteration: int, iteration: int, seed: int) -> np.ndarray:
+    """Indices of the problems of `iteration`: epochs of seeded permutations, read in order."""
+    idx = np.arange(iteration * per_iteration, (iteration + 1) * per_iteration)
+    epochs = idx // num_problems
+    perms = {e: np.random.default_rng([seed, int(e)]).permutation(num_problems) for e in np.unique(epochs)}
+    return np.array([perms[e][i % num_problems] for e, i in zip(epochs, idx)])
+
+
+def advantages(returns_N: np.ndarray, groups_N: np.ndarray, *, scale_by_std: bool, eps: float = 1e-6) -> np.ndarray:
+    """Returns minus their group's mean (optionally over the group's std)."""
+    returns_N = np.asarray(returns_N, np.float64)
+    _, inverse = np.unique(groups_N, return_inverse=True)
+    count = np.bincount(inverse)
+    mean = np.bincount(inverse, returns_N) / count
+    centred = returns_N - mean[inverse]
+    if scale_by_std:
+        std = np.sqrt(np.bincount(inverse, centred**2) / count)
+        centred = centred / (std[inverse] + eps)
+    return centred.astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnames="model_config")
+def _logprob_sums(params: Params, model_config: ModelConfig, tokens_BxT: jax.Array, target_BxT: jax.Array):
+    """Per row: sum of log p(tokens[t] | tokens[:t]) over the tokens t marked as targets."""
+    logits_BxTxV, _ = model.forward(params, model_config, tokens_BxT)
+    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV[:, :-1], axis=-1)
+    target_logp = jnp.take_along_axis(logp_BxTxV, tokens_BxT[:, 1:, None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(target_BxT[:, 1:], target_logp, 0.0), axis=-1)
+
+
+def sequence_logprobs(params: Params, model_config: ModelConfig, examples: Sequence[dict[str, Any]], *,
+                      mesh, rows: int, length: int) -> np.ndarray:
+    """log pi(scored tokens) of each example, in batches of `rows` sequences padded to `length`."""
+    out = []
+    row_sh = sharding.named_sharding(mesh, ("batch", "length"), (rows, length))
+    for i in range(0, len(examples), rows):
+        chunk = examples[i : i + rows]
+        tokens = np.zeros((rows, length), np.int32)
+        target = np.zeros((rows, length), bool)
+        for r, e in enumerate(chunk):
+            tokens[r, : len(e["tokens"])] = e["tokens"]
+            target[r, : len(e["tokens"])] = np.asarray(e["loss_mask"], bool)
+        with jax.set_mesh(mesh):
+            sums = _logprob_sums(params, model_config, jax.device_put(tokens, row_sh), jax.device_put(target, row_sh))
+        out.append(np.asarray(jax.device_get(sums))[: len(chunk)])
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def _rising(curve: Sequence[dict[str, Any]], threshold: float) -> bool:
+    return len(curve) >= 2 and curve[-1]["value"] > max(p["value"] for p in curve[:-1]) + threshold
+
+
+def run(
+    config: OnlineRLConfig,
+    train_config: train.TrainConfig,
+    model_config: ModelConfig,
+    chat: ChatFormat,
+    ref_params: Params,
+    problems: Sequence[Problem],
+    episode: episodes.EpisodeConfig,
+    return_config: returns.ReturnConfig,
+    evaluate: Callable[[Params], float],
+    workdir: str,
+    mesh,
+) -> tuple[Params, dict[str, Any]]:
+    """Trains online from the reference; returns (params, summary with the learning `curve`).
+
+    `evaluate(params)` gives the held-out multi@k of a policy: a curve point (iteration, seconds, value)
+    is taken before the first iteration, every `eval_every` iterations and at the end.
+    """
+    if episode.temperature != 1.0 or episode.top_k or episode.top_p != 1.0:
+        raise ValueError("online RL samples from the policy itself: temperature 1, no top-k/top-p")
+    if config.samples_per_problem < 2:
+        raise ValueError("the group baseline needs samples_per_problem >= 2")
+    workdir = os.path.abspath(workdir)
+    k = config.samples_per_problem
+    rows_per_iteration = config.problems_per_iteration * k
+    batch_config = dataclasses.replace(train_config.batch_config(), drop_remainder=False)
+    tx = train.make_optimizer(train_config, total_steps=1 << 30)  # constant schedule after warmup
+    state_sh = train.state_shardings(mesh, model_config, tx)
+    batch_sh = train.batch_shardings(mesh, data.batch_shapes(batch_config))
+    step_fn = train.compile_train_step(model_config, tx, mesh, state_sh, batch_sh)
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=2, async_save=False)
+    abstract = jax.eval_shape(lambda: train.init_state(model.init_params(model_config, jax.random.key(0)), tx))
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
+    restored = ckpt.restore_latest(abstract)
+    if restored is not None:
+        _, state, progress = restored
+        log.info("online RL resumed at iteration %d (%.0fs spent)", progress["iteration"], progress["seconds"])
+    else:
+        state = jax.jit(functools.partial(train.init_state, tx=tx), out_shardings=state_sh)(ref_params)
+        progress = {"iteration": 0, "seconds": 0.0, "tokens_generated": 0, "tokens_trained": 0, "optimizer_steps": 0,
+                    "curve": [{"iteration": 0, "seconds": 0.0, "value": evaluate(state.params)}]}
+    writer = train.MetricWriter(workdir)
+    score_rows = train_config.batch_size // train_config.micro_batches
+    try:
+        while True:
+            it, spent = progress["iteration"], progress["seconds"]
+            over = spent >= config.budget_seconds
+            if over and (spent >= config.extend_while_rising * config.budget_seconds
+                         or not _rising(progress["curve"], config.rise_threshold)):
+                break
+            if config.max_iterations and it >= config.max_iterations:
+                break
+            start = time.perf_counter()
+            picked = iteration_problems(len(problems), config.problems_per_iteration, it, config.seed)
+            batch_problems = [problems[i] for p in picked for i in [p] * k]
+            records = episodes.run_episodes(
+                state.params, model_config, chat, batch_problems, [s for _ in picked for s in range(k)], episode,
+                seed=config.seed * 1_000_003 + it + 1, mesh=mesh, pad_rows_to=rows_per_iteration,
+            )
+            examples, kept = [], []
+            for j, rec in enumerate(records):  # whole trajectories only: a cut prompt changes the logprobs
+                ex = sft_examples.make_example(rec, 0.0, end_of_turn=chat.end_of_turn_id, supervision="all")
+                if len(ex["tokens"]) <= train_config.seq_len:
+                    examples.append(ex)
+                    kept.append(j)
+            if len(kept) < len(records):
+                log.warning("online RL: %d of %d trajectories do not fit seq_len=%d and are left out",
+                            len(records) - len(kept), len(records), train_config.seq_len)
+            rec_kept = [records[j] for j in kept]
+            logp_pi = sequence_logprobs(state.params, model_config, examples, mesh=mesh, rows=score_rows,
+                                        length=train_config.seq_len)
+            logp_ref = sequence_logprobs(ref_params, model_config, examples, mesh=mesh, rows=score_rows,
+                                         length=train_config.seq_len)
+            kl_N = logp_pi - logp_ref
+            task_return_N = np.array([rollouts.trajectory_return(r, return_config) for r in rec_kept], np.float32)
+            groups_N = np.array([r["problem_id"] for r in rec_kept])
+            adv_N = advantages(task_return_N - config.kl_coef * kl_N, groups_N, scale_by_std=config.scale_by_std)
+            for ex, a in zip(examples, adv_N):
+                ex["weight"], ex["mass"] = np.float32(a), np.float32(1.0)
+            batcher = data.Batcher(data.ExampleSource(examples), dataclasses.replace(batch_config, seed=config.seed + it))
+            steps = batcher.total_steps(1)
+            if steps > 1:
+                log.warning("online RL: iteration %d needs %d optimiser steps (batch_size %d rows holds fewer "
+                            "trajectories than the %d sampled); later steps are slightly off-policy",
+                            it, steps, batch_config.batch_size, len(examples))
+            with jax.set_mesh(mesh):
+                for s in range(steps):
+                    state, metrics = step_fn(state, batcher.global_batch(s, mesh))
+                metrics = {k_: float(v) for k_, v in jax.device_get(metrics).items()}
+            if not np.isfinite(metrics["loss"]):
+                raise train.NonFiniteLossError(f"online RL: loss {metrics['loss']} at iteration {it}")
+            seconds = time.perf_counter() - start
+            progress = {
+                **progress, "iteration": it + 1, "seconds": spent + seconds,
+                "tokens_generated": progress["tokens_generated"] + sum(
+                    len(t["response_ids"]) for r in records for t in r["turns"]),
+                "tokens_trained": progress["tokens_trained"] + sum(int(e["loss_mask"].sum()) for e in examples),
+                "optimizer_steps": progress["optimizer_steps"] + steps,
+            }
+            solved = np.array([r["solved_turn"] > 0 for r in rec_kept])
+            writer.write(it + 1, {
+                "return": float(task_return_N.mean()), "success": float(solved.mean()), "kl": float(kl_N.mean()),
+                "loss": metrics["loss"], "grad_norm": metrics["grad_norm"], "iteration_seconds": seconds,
+                "seconds": progress["seconds"],
+            })
+            budget_reached = progress["seconds"] >= config.budget_seconds
+            if (it + 1) % config.eval_every == 0 or budget_reached or (it + 1) == config.max_iterations:
+                value = evaluate(state.params)
+                progress["curve"] = progress["curve"] + [{"iteration": it + 1, "seconds": progress["seconds"], "value": value}]
+                log.info("online RL iteration %d: %.0fs, success %.3f, kl %.3f, held-out %.3f",
+                         it + 1, progress["seconds"], solved.mean(), kl_N.mean(), value)
+            if (it + 1) % config.save_every == 0:
+                ckpt.save(it + 1, state, progress)
+        if progress["curve"][-1]["iteration"] != progress["iteration"]:
+            value = evaluate(state.params)
+            progress["curve"] = progress["curve"] + [
+                {"iteration": progress["iteration"], "seconds": progress["seconds"], "value": value}]
+        if progress["iteration"] not in ckpt.all_steps():
+            ckpt.save(progress["iteration"], state, progress)
+        ckpt.wait()
+    finally:
+        ckpt.close()
+        writer.close()
+    return state.params, progress

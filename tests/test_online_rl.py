@@ -1,0 +1,116 @@
+"""Online RL baseline: advantages, problem schedule, KL scoring, the signed policy-gradient loss, the loop and its resume."""
+
+import functools
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from drift_jax import data, envs, episodes, model, online_rl, returns, sharding, train
+from tests.test_data import make_examples
+
+CFG = model.ModelConfig(
+    vocab_size=61, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=48, qkv_bias=True,
+)
+
+
+def test_advantages_are_centred_per_group():
+    r = np.array([1.0, 0.0, 0.0, 0.5, 0.5, 0.2, 0.8])
+    g = np.array(["a", "a", "a", "b", "b", "c", "c"])
+    a = online_rl.advantages(r, g, scale_by_std=False)
+    np.testing.assert_allclose(a, [2 / 3, -1 / 3, -1 / 3, 0, 0, -0.3, 0.3], atol=1e-6)
+    s = online_rl.advantages(r, g, scale_by_std=True)
+    np.testing.assert_allclose(s[[5, 6]], [-1, 1], atol=1e-4)  # std 0.3
+    np.testing.assert_allclose(s[[3, 4]], [0, 0])  # a group whose returns agree teaches nothing
+    for grp in "abc":
+        assert abs(a[g == grp].sum()) < 1e-6
+
+
+def test_iteration_problems_cover_every_problem_once_per_epoch():
+    n, per = 10, 4
+    seen = np.concatenate([online_rl.iteration_problems(n, per, it, seed=3) for it in range(5)])  # 2 epochs
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
+    np.testing.assert_array_equal(online_rl.iteration_problems(n, per, 2, 3), seen[8:12])  # a pure function
+    assert not np.array_equal(online_rl.iteration_problems(n, per, 0, 4), seen[:4])
+
+
+def test_sequence_logprobs_match_the_model_and_any_mesh():
+    params = model.init_params(CFG, jax.random.key(1))
+    examples = make_examples(11, vocab=61)
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    got = online_rl.sequence_logprobs(params, CFG, examples, mesh=mesh, rows=4, length=24)
+    for e, g in zip(examples, got):
+        logits = np.asarray(model.logits(params, CFG, e["tokens"][None])[0], np.float64)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        want = sum(logp[t, e["tokens"][t + 1]] for t in range(len(e["tokens"]) - 1) if e["loss_mask"][t + 1])
+        np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-4)
+
+
+def test_signed_weights_with_unit_mass_give_the_policy_gradient_loss():
+    """loss = sum_i A_i * NLL_i / N: its gradient is -1/N sum_i A_i grad log pi(trajectory_i)."""
+    params = model.init_params(CFG, jax.random.key(0))
+    examples = make_examples(8)
+    adv = np.array([0.5, -0.5, 1.0, -1.0, 0.25, -0.25, 0.0, 0.0], np.float32)
+    for e, a in zip(examples, adv):
+        e["weight"], e["mass"] = a, np.float32(1.0)
+    batcher = data.Batcher(data.ExampleSource(examples),
+                           data.BatchConfig(8, 40, loss_reduction="token_sum", drop_remainder=False))
+    batch = batcher.host_batch(0)
+    assert batch["row_weight"].sum() == 8  # the mass, not the (zero) sum of advantages
+    tx = optax.sgd(1.0)
+    _, metrics = jax.jit(functools.partial(train.train_step, model_config=CFG, tx=tx))(train.init_state(params, tx), batch)
+    nll = -online_rl.sequence_logprobs(params, CFG, examples, mesh=sharding.make_mesh({"data": 1}, jax.devices()[:1]),
+                                       rows=8, length=40)
+    np.testing.assert_allclose(metrics["loss"], np.sum(adv * nll) / 8, rtol=1e-5)
+
+
+def _loop_setup():
+    chat = envs.ChatFormat.from_pretrained(envs.SYNTHETIC_TOKENIZER)
+    cfg = model.ModelConfig(vocab_size=chat.tokenizer.get_vocab_size(), hidden_size=32, num_layers=1, num_heads=2,
+                            num_kv_heads=1, head_dim=16, mlp_dim=64, qkv_bias=True)
+    ref = model.init_params(cfg, jax.random.key(0))
+    probs = envs.synthetic.make_problems("train", 6, seed=0, num_operands=2, max_digits=1, modulus=None, ops=("max",))
+    episode = episodes.EpisodeConfig(max_turns=2, max_new_tokens=4, temperature=1.0)
+    tc = train.TrainConfig(lr=1e-2, warmup_steps=0, batch_size=8, seq_len=64, loss_reduction="token_sum",
+                           progress_bar=False, async_checkpoints=False)
+    return chat, cfg, ref, probs, episode, tc
+
+
+def _run(tmp_path, max_iterations, evaluated):
+    chat, cfg, ref, probs, episode, tc = _loop_setup()
+    config = online_rl.OnlineRLConfig(problems_per_iteration=2, samples_per_problem=3, kl_coef=0.1,
+                                      budget_seconds=1e9, max_iterations=max_iterations, eval_every=2, save_every=1)
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:2])
+
+    def evaluate(params):
+        evaluated.append(1)
+        return float(len(evaluated))  # a rising "curve": only the bookkeeping is under test here
+
+    return online_rl.run(config, tc, cfg, chat, ref, probs, episode, returns.ReturnConfig(), evaluate,
+                         str(tmp_path), mesh)
+
+
+def test_loop_trains_logs_and_resumes_exactly(tmp_path):
+    calls = []
+    full, progress = _run(tmp_path / "full", 3, calls)
+    assert progress["iteration"] == 3 and progress["optimizer_steps"] >= 3 and progress["tokens_generated"] > 0
+    assert [p["iteration"] for p in progress["curve"]] == [0, 2, 3]  # start, every 2nd, the end
+    lines = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and '"kl"' in lines[0]
+    _, ref, *_ = _loop_setup()[1:]
+    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), full, ref)
+    assert max(jax.tree.leaves(moved)) > 0
+    # Stopped after 2 iterations, then resumed to 3: the same parameters as the run that did not stop.
+    _run(tmp_path / "split", 2, [])
+    resumed, progress2 = _run(tmp_path / "split", 3, [])
+    assert progress2["iteration"] == 3
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6), resumed, full)
+
+
+def test_loop_refuses_a_tempered_sampler(tmp_path):
+    chat, cfg, ref, probs, episode, tc = _loop_setup()
+    with pytest.raises(ValueError, match="temperature 1"):
+        online_rl.run(online_rl.OnlineRLConfig(), tc, cfg, chat, ref, probs,
+                      episodes.EpisodeConfig(temperature=0.7), returns.ReturnConfig(), lambda p: 0.0,
+                      str(tmp_path), sharding.make_mesh({"data": 1}, jax.devices()[:1]))
