@@ -78,30 +78,32 @@ def advantages(returns_N: np.ndarray, groups_N: np.ndarray, *, scale_by_std: boo
 
 
 @functools.partial(jax.jit, static_argnames="model_config")
-def _logprob_sums(params: Params, model_config: ModelConfig, tokens_BxT: jax.Array, target_BxT: jax.Array):
-    """Per row: sum of log p(tokens[t] | tokens[:t]) over the tokens t marked as targets."""
-    logits_BxTxV, _ = model.forward(params, model_config, tokens_BxT)
-    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV[:, :-1], axis=-1)
-    target_logp = jnp.take_along_axis(logp_BxTxV, tokens_BxT[:, 1:, None], axis=-1)[..., 0]
-    return jnp.sum(jnp.where(target_BxT[:, 1:], target_logp, 0.0), axis=-1)
+def _target_logprobs(params: Params, model_config: ModelConfig, batch: dict[str, jax.Array]) -> jax.Array:
+    """log p(target) at every scored position of a packed [M, R, T] batch (0 elsewhere), one micro-batch at a time."""
+
+    def one(mb):
+        logits_BxTxV, _ = model.forward(params, model_config, mb["tokens"], positions_BxT=mb["positions"],
+                                        segment_ids_BxT=mb["segment_ids"])
+        logp_BxTxV = jax.nn.log_softmax(logits_BxTxV, axis=-1)
+        target_logp = jnp.take_along_axis(logp_BxTxV, mb["targets"][..., None], axis=-1)[..., 0]
+        return jnp.where(mb["scored"], target_logp, 0.0)
+
+    return jax.lax.map(one, {k: batch[k] for k in ("tokens", "positions", "segment_ids", "targets", "scored")})
 
 
-def sequence_logprobs(params: Params, model_config: ModelConfig, examples: Sequence[dict[str, Any]], *,
-                      mesh, rows: int, length: int) -> np.ndarray:
-    """log pi(scored tokens) of each example, in batches of `rows` sequences padded to `length`."""
-    out = []
-    row_sh = sharding.named_sharding(mesh, ("batch", "length"), (rows, length))
-    for i in range(0, len(examples), rows):
-        chunk = examples[i : i + rows]
-        tokens = np.zeros((rows, length), np.int32)
-        target = np.zeros((rows, length), bool)
-        for r, e in enumerate(chunk):
-            tokens[r, : len(e["tokens"])] = e["tokens"]
-            target[r, : len(e["tokens"])] = np.asarray(e["loss_mask"], bool)
+def sequence_logprobs(params: Params, model_config: ModelConfig, batcher: data.Batcher, steps: int, mesh) -> np.ndarray:
+    """log pi(scored tokens) of each example of `batcher`'s first `steps` batches (packed as for training)."""
+    out = np.zeros(len(batcher.source), np.float64)
+    for step in range(steps):
+        batch = batcher.global_batch(step, mesh)
         with jax.set_mesh(mesh):
-            sums = _logprob_sums(params, model_config, jax.device_put(tokens, row_sh), jax.device_put(target, row_sh))
-        out.append(np.asarray(jax.device_get(sums))[: len(chunk)])
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+            logp_MxRxT = _target_logprobs(params, model_config, batch)
+        logp_RxT = np.asarray(jax.device_get(logp_MxRxT)).reshape(-1, batcher.config.seq_len)
+        segments_RxT = np.asarray(jax.device_get(batch["segment_ids"])).reshape(logp_RxT.shape)
+        for row, ids in enumerate(batcher.batch_rows(step)):
+            if ids:  # segment s of the row is example ids[s - 1]
+                out[ids] = np.bincount(segments_RxT[row], logp_RxT[row], minlength=len(ids) + 1)[1:]
+    return out
 
 
 def _rising(curve: Sequence[dict[str, Any]], threshold: float) -> bool:
@@ -150,7 +152,6 @@ def run(
         progress = {"iteration": 0, "seconds": 0.0, "tokens_generated": 0, "tokens_trained": 0, "optimizer_steps": 0,
                     "curve": [{"iteration": 0, "seconds": 0.0, "value": evaluate(state.params)}]}
     writer = train.MetricWriter(workdir)
-    score_rows = train_config.batch_size // train_config.micro_batches
     try:
         while True:
             it, spent = progress["iteration"], progress["seconds"]
@@ -167,6 +168,7 @@ def run(
                 state.params, model_config, chat, batch_problems, [s for _ in picked for s in range(k)], episode,
                 seed=config.seed * 1_000_003 + it + 1, mesh=mesh, pad_rows_to=rows_per_iteration,
             )
+            sampled = time.perf_counter()
             examples, kept = [], []
             for j, rec in enumerate(records):  # whole trajectories only: a cut prompt changes the logprobs
                 ex = sft_examples.make_example(rec, 0.0, end_of_turn=chat.end_of_turn_id, supervision="all")
@@ -177,22 +179,20 @@ def run(
                 log.warning("online RL: %d of %d trajectories do not fit seq_len=%d and are left out",
                             len(records) - len(kept), len(records), train_config.seq_len)
             rec_kept = [records[j] for j in kept]
-            logp_pi = sequence_logprobs(state.params, model_config, examples, mesh=mesh, rows=score_rows,
-                                        length=train_config.seq_len)
-            logp_ref = sequence_logprobs(ref_params, model_config, examples, mesh=mesh, rows=score_rows,
-                                         length=train_config.seq_len)
-            kl_N = logp_pi - logp_ref
-            task_return_N = np.array([rollouts.trajectory_return(r, return_config) for r in rec_kept], np.float32)
-            groups_N = np.array([r["problem_id"] for r in rec_kept])
-            adv_N = advantages(task_return_N - config.kl_coef * kl_N, groups_N, scale_by_std=config.scale_by_std)
-            for ex, a in zip(examples, adv_N):
-                ex["weight"], ex["mass"] = np.float32(a), np.float32(1.0)
             batcher = data.Batcher(data.ExampleSource(examples), dataclasses.replace(batch_config, seed=config.seed + it))
             steps = batcher.total_steps(1)
             if steps > 1:
                 log.warning("online RL: iteration %d needs %d optimiser steps (batch_size %d rows holds fewer "
                             "trajectories than the %d sampled); later steps are slightly off-policy",
                             it, steps, batch_config.batch_size, len(examples))
+            kl_N = (sequence_logprobs(state.params, model_config, batcher, steps, mesh)
+                    - sequence_logprobs(ref_params, model_config, batcher, steps, mesh))
+            task_return_N = np.array([rollouts.trajectory_return(r, return_config) for r in rec_kept], np.float32)
+            groups_N = np.array([r["problem_id"] for r in rec_kept])
+            adv_N = advantages(task_return_N - config.kl_coef * kl_N, groups_N, scale_by_std=config.scale_by_std)
+            for ex, a in zip(examples, adv_N):  # the batcher reads them when it builds the training batches
+                ex["weight"], ex["mass"] = np.float32(a), np.float32(1.0)
+            scored = time.perf_counter()
             with jax.set_mesh(mesh):
                 for s in range(steps):
                     state, metrics = step_fn(state, batcher.global_batch(s, mesh))
@@ -211,6 +211,7 @@ def run(
             writer.write(it + 1, {
                 "return": float(task_return_N.mean()), "success": float(solved.mean()), "kl": float(kl_N.mean()),
                 "loss": metrics["loss"], "grad_norm": metrics["grad_norm"], "iteration_seconds": seconds,
+                "sampling_seconds": sampled - start, "scoring_seconds": scored - sampled,
                 "seconds": progress["seconds"],
             })
             budget_reached = progress["seconds"] >= config.budget_seconds

@@ -35,16 +35,21 @@ def test_iteration_problems_cover_every_problem_once_per_epoch():
     assert not np.array_equal(online_rl.iteration_problems(n, per, 0, 4), seen[:4])
 
 
-def test_sequence_logprobs_match_the_model_and_any_mesh():
+def _logprob(params, example):
+    logits = np.asarray(model.logits(params, CFG, example["tokens"][None])[0], np.float64)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    tokens, mask = example["tokens"], example["loss_mask"]
+    return sum(logp[t - 1, tokens[t]] for t in range(1, len(tokens)) if mask[t])
+
+
+def test_sequence_logprobs_of_packed_batches_match_the_model_on_any_mesh():
     params = model.init_params(CFG, jax.random.key(1))
     examples = make_examples(11, vocab=61)
+    batcher = data.Batcher(data.ExampleSource(examples), data.BatchConfig(4, 40, micro_batches=2, drop_remainder=False))
+    assert any(len(row) > 1 for row in batcher.batch_rows(0))  # packed rows: several examples per row
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    got = online_rl.sequence_logprobs(params, CFG, examples, mesh=mesh, rows=4, length=24)
-    for e, g in zip(examples, got):
-        logits = np.asarray(model.logits(params, CFG, e["tokens"][None])[0], np.float64)
-        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        want = sum(logp[t, e["tokens"][t + 1]] for t in range(len(e["tokens"]) - 1) if e["loss_mask"][t + 1])
-        np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-4)
+    got = online_rl.sequence_logprobs(params, CFG, batcher, batcher.total_steps(1), mesh)
+    np.testing.assert_allclose(got, [_logprob(params, e) for e in examples], rtol=1e-4, atol=1e-4)
 
 
 def test_signed_weights_with_unit_mass_give_the_policy_gradient_loss():
@@ -60,8 +65,7 @@ def test_signed_weights_with_unit_mass_give_the_policy_gradient_loss():
     assert batch["row_weight"].sum() == 8  # the mass, not the (zero) sum of advantages
     tx = optax.sgd(1.0)
     _, metrics = jax.jit(functools.partial(train.train_step, model_config=CFG, tx=tx))(train.init_state(params, tx), batch)
-    nll = -online_rl.sequence_logprobs(params, CFG, examples, mesh=sharding.make_mesh({"data": 1}, jax.devices()[:1]),
-                                       rows=8, length=40)
+    nll = -np.array([_logprob(params, e) for e in examples])
     np.testing.assert_allclose(metrics["loss"], np.sum(adv * nll) / 8, rtol=1e-5)
 
 
