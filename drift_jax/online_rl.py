@@ -6,7 +6,8 @@ online, so the two can be compared on one task at matched or larger compute:
     repeat until the wall-time budget is spent:
         P problems x K samples: multi-turn episodes from the current policy (temperature 1, the same
             environment, feedback and return as the rollouts)                  -> episodes.run_episodes
-        R'_i = R_i - kl_coef * sum_t [log pi(a_t) - log pi_ref(a_t)]            (k1 estimate, sampled tokens)
+        R'_i = R_i - kl_coef * sum_t [log pi(a_t) - log pi_ref(a_t)]            (k1 estimate over the sampled
+                                          tokens; log pi as the sampler computed it, log pi_ref by one forward)
         A_i  = R'_i - mean of R' over the problem's K samples  (/ their std if scale_by_std, as GRPO)
         one optimiser step on  sum_i A_i * NLL_i / (P K)  over every assistant turn  -> train.train_step
 
@@ -106,6 +107,20 @@ def sequence_logprobs(params: Params, model_config: ModelConfig, batcher: data.B
     return out
 
 
+def rl_example(record: dict[str, Any], end_of_turn: int) -> dict[str, Any]:
+    """A trajectory as a training example that scores exactly the sampled tokens: every assistant turn,
+    but not the end-of-turn token closing a turn cut at max_new_tokens (the policy never chose it)."""
+    responses = [t["response_ids"] for t in record["turns"]]
+    tokens, turn_of_token = sft_examples.trajectory_tokens(
+        record["prompt_ids"], responses, [t["feedback_ids"] for t in record["turns"]], end_of_turn)
+    mask = turn_of_token > 0
+    for t, response in enumerate(responses, start=1):
+        if not response or response[-1] != end_of_turn:  # closed by trajectory_tokens: unscore it
+            mask[np.flatnonzero(turn_of_token == t)[-1]] = False
+    return {"tokens": tokens, "loss_mask": mask.astype(np.int8), "weight": np.float32(0.0), "mass": np.float32(1.0),
+            "group_id": record["problem_id"], "example_id": f"{record['problem_id']}/{record['sample']}"}
+
+
 def _rising(curve: Sequence[dict[str, Any]], threshold: float) -> bool:
     return len(curve) >= 2 and curve[-1]["value"] > max(p["value"] for p in curve[:-1]) + threshold
 
@@ -171,8 +186,8 @@ def run(
             sampled = time.perf_counter()
             examples, kept = [], []
             for j, rec in enumerate(records):  # whole trajectories only: a cut prompt changes the logprobs
-                ex = sft_examples.make_example(rec, 0.0, end_of_turn=chat.end_of_turn_id, supervision="all")
-                if len(ex["tokens"]) <= train_config.seq_len:
+                ex = rl_example(rec, chat.end_of_turn_id)
+                if len(ex["tokens"]) <= train_config.seq_len and ex["loss_mask"].any():
                     examples.append(ex)
                     kept.append(j)
             if len(kept) < len(records):
@@ -185,13 +200,14 @@ def run(
                 log.warning("online RL: iteration %d needs %d optimiser steps (batch_size %d rows holds fewer "
                             "trajectories than the %d sampled); later steps are slightly off-policy",
                             it, steps, batch_config.batch_size, len(examples))
-            kl_N = (sequence_logprobs(state.params, model_config, batcher, steps, mesh)
-                    - sequence_logprobs(ref_params, model_config, batcher, steps, mesh))
+            # log pi of the sampled tokens as the sampler computed them (at temperature 1: the policy's own).
+            logp_pi_N = np.array([sum(sum(t["logprobs"]) for t in r["turns"]) for r in rec_kept])
+            kl_N = logp_pi_N - sequence_logprobs(ref_params, model_config, batcher, steps, mesh)
             task_return_N = np.array([rollouts.trajectory_return(r, return_config) for r in rec_kept], np.float32)
             groups_N = np.array([r["problem_id"] for r in rec_kept])
             adv_N = advantages(task_return_N - config.kl_coef * kl_N, groups_N, scale_by_std=config.scale_by_std)
             for ex, a in zip(examples, adv_N):  # the batcher reads them when it builds the training batches
-                ex["weight"], ex["mass"] = np.float32(a), np.float32(1.0)
+                ex["weight"] = np.float32(a)
             scored = time.perf_counter()
             with jax.set_mesh(mesh):
                 for s in range(steps):

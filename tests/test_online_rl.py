@@ -1,6 +1,7 @@
 """Online RL baseline: advantages, problem schedule, KL scoring, the signed policy-gradient loss, the loop and its resume."""
 
 import functools
+import json
 
 import jax
 import numpy as np
@@ -52,6 +53,18 @@ def test_sequence_logprobs_of_packed_batches_match_the_model_on_any_mesh():
     np.testing.assert_allclose(got, [_logprob(params, e) for e in examples], rtol=1e-4, atol=1e-4)
 
 
+def test_rl_example_scores_exactly_the_sampled_tokens():
+    chat = envs.ChatFormat.from_pretrained(envs.SYNTHETIC_TOKENIZER)
+    eot, fb = chat.end_of_turn_id, chat.feedback_ids(envs.DEFAULT_FEEDBACK)
+    record = {"problem_id": "p", "sample": 0, "prompt_ids": [5, 6, 7],
+              "turns": [{"response_ids": [11, 12], "feedback_ids": fb},  # cut at max_new_tokens: no end of turn
+                        {"response_ids": [13, eot], "feedback_ids": []}]}
+    ex = online_rl.rl_example(record, eot)
+    np.testing.assert_array_equal(ex["tokens"], [5, 6, 7, 11, 12, eot, *fb, 13, eot])
+    np.testing.assert_array_equal(ex["loss_mask"], [0, 0, 0, 1, 1, 0, *[0] * len(fb), 1, 1])
+    assert ex["mass"] == 1.0
+
+
 def test_signed_weights_with_unit_mass_give_the_policy_gradient_loss():
     """loss = sum_i A_i * NLL_i / N: its gradient is -1/N sum_i A_i grad log pi(trajectory_i)."""
     params = model.init_params(CFG, jax.random.key(0))
@@ -100,8 +113,11 @@ def test_loop_trains_logs_and_resumes_exactly(tmp_path):
     full, progress = _run(tmp_path / "full", 3, calls)
     assert progress["iteration"] == 3 and progress["optimizer_steps"] >= 3 and progress["tokens_generated"] > 0
     assert [p["iteration"] for p in progress["curve"]] == [0, 2, 3]  # start, every 2nd, the end
-    lines = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 3 and '"kl"' in lines[0]
+    lines = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 3
+    # Iteration 1 samples from the reference itself: the sampler's log pi and the scoring forward's
+    # log pi_ref of the same tokens must agree, so the KL estimate is 0 (a token misalignment is not).
+    assert abs(lines[0]["kl"]) < 1e-3 and lines[1]["kl"] != 0
     _, ref, *_ = _loop_setup()[1:]
     moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), full, ref)
     assert max(jax.tree.leaves(moved)) > 0
