@@ -121,8 +121,14 @@ def rl_example(record: dict[str, Any], end_of_turn: int) -> dict[str, Any]:
             "group_id": record["problem_id"], "example_id": f"{record['problem_id']}/{record['sample']}"}
 
 
-def _rising(curve: Sequence[dict[str, Any]], threshold: float) -> bool:
-    return len(curve) >= 2 and curve[-1]["value"] > max(p["value"] for p in curve[:-1]) + threshold
+def _should_stop(config: OnlineRLConfig, progress: dict[str, Any]) -> bool:
+    """Past the budget, decided at each curve point: stop unless the newest point beats every earlier
+    one by rise_threshold; always stop at extend_while_rising x the budget."""
+    curve, spent = progress["curve"], progress["seconds"]
+    if spent < config.budget_seconds or curve[-1]["iteration"] != progress["iteration"]:
+        return False
+    rising = len(curve) >= 2 and curve[-1]["value"] > max(p["value"] for p in curve[:-1]) + config.rise_threshold
+    return spent >= config.extend_while_rising * config.budget_seconds or not rising
 
 
 def run(
@@ -170,11 +176,7 @@ def run(
     try:
         while True:
             it, spent = progress["iteration"], progress["seconds"]
-            over = spent >= config.budget_seconds
-            if over and (spent >= config.extend_while_rising * config.budget_seconds
-                         or not _rising(progress["curve"], config.rise_threshold)):
-                break
-            if config.max_iterations and it >= config.max_iterations:
+            if _should_stop(config, progress) or (config.max_iterations and it >= config.max_iterations):
                 break
             start = time.perf_counter()
             picked = iteration_problems(len(problems), config.problems_per_iteration, it, config.seed)
@@ -230,8 +232,10 @@ def run(
                 "sampling_seconds": sampled - start, "scoring_seconds": scored - sampled,
                 "seconds": progress["seconds"],
             })
-            budget_reached = progress["seconds"] >= config.budget_seconds
-            if (it + 1) % config.eval_every == 0 or budget_reached or (it + 1) == config.max_iterations:
+            # Curve points: every eval_every iterations, where the budget is crossed, and at the hard limit.
+            crossed = spent < config.budget_seconds <= progress["seconds"]
+            at_limit = progress["seconds"] >= config.extend_while_rising * config.budget_seconds
+            if (it + 1) % config.eval_every == 0 or crossed or at_limit or (it + 1) == config.max_iterations:
                 value = evaluate(state.params)
                 progress["curve"] = progress["curve"] + [{"iteration": it + 1, "seconds": progress["seconds"], "value": value}]
                 log.info("online RL iteration %d: %.0fs, success %.3f, kl %.3f, held-out %.3f",

@@ -338,7 +338,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         extra["tokens_trained"] = tr["scored_tokens_per_epoch"] * cfg.train.epochs
         methods[name] = _method_entry(workdir, name, cost, extra)
         stage_seconds.update({data_stage: dt["seconds"], f"train_{name}": tr["seconds"], f"eval_{name}": ev["seconds"]})
-    curves, key = {}, f"multi@{cfg.max_turns}"
+    curves, notes, key = {}, [], f"multi@{cfg.max_turns}"
     if "drift" in methods:  # from the reference (time 0) to DRIFT's result after its rollouts + training
         start = [(0.0, methods["reference"][key])] if "reference" in methods else []
         curves["drift"] = start + [(methods["drift"]["wall_seconds"], methods["drift"][key])]
@@ -352,6 +352,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             k: orl[k] for k in ("tokens_generated", "tokens_trained", "iterations", "optimizer_steps", "budget_seconds")
         } | {"curve": [[p["seconds"], p["value"]] for p in orl["curve"]]})
         curves["online_rl"] = [(p["seconds"], p["value"]) for p in orl["curve"]]
+        notes.append(_online_rl_note(orl, methods.get("drift"), key))
         stage_seconds.update({"online_rl": orl["seconds"], "eval_online_rl": ev["seconds"]})
     results_path = os.path.join(workdir, "results.json")
     report.write_results(results_path, methods, {"max_turns": cfg.max_turns, "task": cfg.task.name})
@@ -360,9 +361,20 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         diag = stages.get("weights")
         weights_N = np.load(os.path.join(workdir, "drift", "weights.npy"))
     report.write_report(workdir, methods, cfg.max_turns, stage_seconds=stage_seconds, weight_diagnostics=diag,
-                        weights_N=weights_N, curves=curves)
+                        weights_N=weights_N, curves=curves, notes=notes)
     with open(results_path) as f:
         return json.load(f)
+
+
+def _online_rl_note(orl: dict[str, Any], drift: dict[str, Any] | None, key: str) -> str:
+    """Where online RL stood when it had spent DRIFT's wall time, and what budget it had in all."""
+    note = (f"online_rl: {orl['iterations']} iterations, {orl['sampling_and_training_seconds']:.0f}s of sampling "
+            f"and training against a budget of {orl['budget_seconds']:.0f}s; final {key} {100 * orl['curve'][-1]['value']:.1f}")
+    if drift is None:
+        return note
+    before = [p for p in orl["curve"] if p["seconds"] <= drift["wall_seconds"]][-1]
+    return note + (f". At DRIFT's wall time ({drift['wall_seconds']:.0f}s) its curve stood at "
+                   f"{100 * before['value']:.1f} (iteration {before['iteration']}); DRIFT: {100 * drift[key]:.1f}")
 
 
 def _method_entry(workdir: str, name: str, wall_seconds: float, extra: dict[str, Any]) -> dict[str, Any]:

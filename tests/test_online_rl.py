@@ -134,3 +134,19 @@ def test_loop_refuses_a_tempered_sampler(tmp_path):
         online_rl.run(online_rl.OnlineRLConfig(), tc, cfg, chat, ref, probs,
                       episodes.EpisodeConfig(temperature=0.7), returns.ReturnConfig(), lambda p: 0.0,
                       str(tmp_path), sharding.make_mesh({"data": 1}, jax.devices()[:1]))
+
+
+def test_stop_rule_past_the_budget():
+    config = online_rl.OnlineRLConfig(budget_seconds=100, extend_while_rising=2.0, rise_threshold=0.01)
+
+    def progress(seconds, values, iteration=None):
+        curve = [{"iteration": 10 * i, "seconds": 0.0, "value": v} for i, v in enumerate(values)]
+        return {"seconds": seconds, "iteration": curve[-1]["iteration"] if iteration is None else iteration,
+                "curve": curve}
+
+    stop = functools.partial(online_rl._should_stop, config)
+    assert not stop(progress(99, [0.4, 0.3]))  # within the budget, whatever the curve does
+    assert stop(progress(101, [0.4, 0.5, 0.45]))  # past it and not rising
+    assert not stop(progress(101, [0.4, 0.45, 0.5]))  # still rising: one more stretch
+    assert not stop(progress(101, [0.4, 0.3], iteration=25))  # between curve points: decided at the next one
+    assert stop(progress(201, [0.4, 0.45, 0.5]))  # the hard limit

@@ -107,7 +107,8 @@ def test_online_rl_gets_a_budget_from_drift_and_a_curve_in_the_report(tmp_path):
     assert orl["curve"][0] == [0.0, results["methods"]["reference"]["multi@2"]]
     assert orl["curve"][-1][1] == orl["multi@2"]  # the last curve point is the final policy's evaluation
     assert orl["tokens_generated"] > 0 and orl["tokens_trained"] > 0
-    assert "| online_rl |" in (tmp_path / "report.md").read_text()
+    report_md = (tmp_path / "report.md").read_text()
+    assert "| online_rl |" in report_md and "At DRIFT's wall time" in report_md
     assert os.path.exists(tmp_path / "online_rl" / "hf" / "model.safetensors")
 
 
