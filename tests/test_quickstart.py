@@ -1,5 +1,5 @@
-"""The quickstart's claim, end to end, exactly as `bash launch/quickstart.sh` runs it (slow: ~2-5 minutes;
-`bash launch/test.sh -m slow`)."""
+"""The quickstart's claims, end to end, exactly as `bash launch/quickstart.sh` runs it (slow: ~10-15 minutes
+for every method; `bash launch/test.sh -m slow`)."""
 
 import json
 import os
@@ -10,8 +10,11 @@ import pytest
 
 
 @pytest.mark.slow
-def test_quickstart_drift_beats_reference_by_ten_points(tmp_path):
-    """Held-out multi@5: DRIFT at least 10 points above the reference policy (issue bar; README table).
+def test_quickstart_drift_against_reference_and_baselines(tmp_path):
+    """Held-out multi@5: DRIFT at least 10 points above the reference and above SFT on the same rollouts
+    with uniform weights; online RL ran with at least 4x DRIFT's wall time (README table). Not asserted,
+    because it does not hold here: DRIFT within 2 points of online RL at that budget (README gives the
+    numbers: online RL overtakes DRIFT after about 2x its wall time).
 
     Runs in a subprocess with the machine's real devices (one CPU device), not the suite's 8 fake ones:
     the device count changes float reduction order, hence the trained models, like another seed does
@@ -22,4 +25,7 @@ def test_quickstart_drift_beats_reference_by_ten_points(tmp_path):
     subprocess.run([sys.executable, "-m", "drift_jax.main", "--config=configs/quickstart.py", f"--workdir={tmp_path}"],
                    cwd=root, env={**env, "PYTHONPATH": root}, check=True, stdout=subprocess.DEVNULL)
     methods = json.loads((tmp_path / "results.json").read_text())["methods"]
-    assert methods["drift"]["multi@5"] >= methods["reference"]["multi@5"] + 0.10, methods
+    drift = methods["drift"]
+    assert drift["multi@5"] >= methods["reference"]["multi@5"] + 0.10, methods
+    assert drift["multi@5"] > methods["sft_rollouts"]["multi@5"], methods
+    assert methods["online_rl"]["wall_seconds"] >= 4 * drift["wall_seconds"], methods
