@@ -23,6 +23,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from drift_jax.sharding import constrain
 
@@ -52,7 +53,10 @@ class ModelConfig:
     architecture: str = "qwen2"  # "llama" or "qwen2": which HF class save_hf writes.
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype; norms, softmax and logits stay in float32
-    remat: Remat = "none"
+    # Layer rematerialisation under grad (never on cache paths). "save_matmuls" keeps the matmul and
+    # attention outputs and recomputes norms, rope and activations: half the step's memory of "none",
+    # and on CPU, where every step's temporaries are freshly page-faulted, a ~12% faster train step.
+    remat: Remat = "save_matmuls"
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -202,28 +206,45 @@ class Attention(nn.Module):
         else:
             keys, values = kk, vv
 
-        if kv_cache is None:  # training / full forward: the fused attention (faster fwd + bwd)
-            out = _attend_full(q, keys, values, step.mask_BxTxS)
-            return jnp.einsum("BTNH,NHD->BTD", out, wo.astype(dt)), kv_cache
-        q_BxTxKxGxH = q.reshape(*q.shape[:2], k, n // k, h)
-        # Grouped-query attention without repeating K/V.
-        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q_BxTxKxGxH, keys, preferred_element_type=jnp.float32)
-        scores = scores / math.sqrt(h)
-        scores = jnp.where(step.mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, values).reshape(q.shape)
-        y = jnp.einsum("BTNH,NHD->BTD", out, wo.astype(dt))
-        return y, kv_cache
+        if kv_cache is None:  # training / full forward: causal query blocks, rematerialised
+            out = checkpoint_name(_attend_full(q, keys, values, step.mask_BxTxS), "attention")
+        else:
+            out = _attend(q, keys, values, step.mask_BxTxS)
+        return jnp.einsum("BTNH,NHD->BTD", out, wo.astype(dt)), kv_cache
 
 
-# Rematerialised: the backward recomputes the [B, N, T, S] probabilities (one small matmul) instead of
-# saving them per layer; faster on CPU (train step ~8%) and O(T) rather than O(T^2) memory per layer.
+def _attend(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS):
+    """Grouped-query attention without repeating K/V; logits and softmax in float32, probabilities
+    cast back to the compute dtype."""
+    b, t, n, h = q_BxTxNxH.shape
+    k = k_BxSxKxH.shape[2]
+    q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, k, n // k, h)
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", q_BxTxKxGxH, k_BxSxKxH, preferred_element_type=jnp.float32)
+    scores = scores / math.sqrt(h)
+    scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q_BxTxNxH.dtype)
+    return jnp.einsum("BKGTS,BSKH->BTKGH", probs, v_BxSxKxH).reshape(b, t, n, h)
+
+
+# Causal attention in query blocks: block i's queries see only keys [0, end_i), so the all-masked upper
+# triangle is skipped (~45% of the score work with 8 blocks) and each block's scores stay small (train
+# step ~5% faster on CPU than one [B, N, T, S] block). Rematerialised: the backward recomputes the
+# probabilities (small matmuls) instead of saving them per layer, O(T) rather than O(T^2) memory.
+_QUERY_BLOCKS = 8
+
+
 @functools.partial(jax.checkpoint, prevent_cse=False)
 def _attend_full(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS):
-    # Logits and softmax in float32, probabilities cast back to the compute dtype (as the cache path).
-    return jax.nn.dot_product_attention(
-        q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_BxTxS[:, None], implementation="xla"
-    )
+    """`mask_BxTxS` must be causal (False wherever the key comes after the query)."""
+    t = q_BxTxNxH.shape[1]
+    ends = sorted({t * (i + 1) // _QUERY_BLOCKS for i in range(_QUERY_BLOCKS)} - {0})
+    q_blocks = jnp.split(q_BxTxNxH, ends[:-1], axis=1)
+    mask_blocks = jnp.split(mask_BxTxS, ends[:-1], axis=1)
+    out_blocks = [
+        _attend(q, k_BxSxKxH[:, :end], v_BxSxKxH[:, :end], mask[:, :, :end])
+        for q, mask, end in zip(q_blocks, mask_blocks, ends)
+    ]
+    return jnp.concatenate(out_blocks, axis=1)
 
 
 class MLP(nn.Module):
@@ -260,7 +281,11 @@ class Block(nn.Module):
 
 _REMAT_POLICIES = {
     "full": None,
-    "save_matmuls": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # The attention output is a batched matmul's, so named: saving it spares a second attention forward.
+    "save_matmuls": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names("attention"),
+    ),
 }
 
 
@@ -275,7 +300,7 @@ class Decoder(nn.Module):
         x = constrain(x, ("batch", "length", "act_embed"))
 
         block = Block
-        if cfg.remat != "none":
+        if cfg.remat != "none" and kv_cache is None:
             block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
 
         def body(module, carry, layer_cache):
