@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from drift_jax import checkpoint, data, episodes, model, returns, rollouts, sft_examples, sharding, train
+from drift_jax import checkpoint, data, episodes, model, returns, rollouts, sft_examples, train
 from drift_jax.envs import ChatFormat, Problem
 from drift_jax.model import ModelConfig, Params
 
@@ -162,14 +162,12 @@ def run(
     batch_sh = train.batch_shardings(mesh, data.batch_shapes(batch_config))
     step_fn = train.compile_train_step(model_config, tx, mesh, state_sh, batch_sh)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=2, async_save=False)
-    abstract = jax.eval_shape(lambda: train.init_state(model.init_params(model_config, jax.random.key(0)), tx))
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
-    restored = ckpt.restore_latest(abstract)
+    restored = ckpt.restore_latest(train.abstract_state(model_config, tx, state_sh))
     if restored is not None:
         _, state, progress = restored
         log.info("online RL resumed at iteration %d (%.0fs spent)", progress["iteration"], progress["seconds"])
     else:
-        state = jax.jit(functools.partial(train.init_state, tx=tx), out_shardings=state_sh)(ref_params)
+        state = train.sharded_state(ref_params, tx, state_sh)
         progress = {"iteration": 0, "seconds": 0.0, "tokens_generated": 0, "tokens_trained": 0, "optimizer_steps": 0,
                     "curve": [{"iteration": 0, "seconds": 0.0, "value": evaluate(state.params)}]}
     writer = train.MetricWriter(workdir)
@@ -186,16 +184,15 @@ def run(
                 seed=(config.seed * 1_000_003 + it + 1) % 2**31, mesh=mesh, pad_rows_to=rows_per_iteration,
             )
             sampled = time.perf_counter()
-            examples, kept = [], []
-            for j, rec in enumerate(records):  # whole trajectories only: a cut prompt changes the logprobs
+            examples, rec_kept = [], []
+            for rec in records:  # whole trajectories only: a cut prompt changes the logprobs
                 ex = rl_example(rec, chat.end_of_turn_id)
                 if len(ex["tokens"]) <= train_config.seq_len and ex["loss_mask"].any():
                     examples.append(ex)
-                    kept.append(j)
-            if len(kept) < len(records):
+                    rec_kept.append(rec)
+            if len(rec_kept) < len(records):
                 log.warning("online RL: %d of %d trajectories do not fit seq_len=%d and are left out",
-                            len(records) - len(kept), len(records), train_config.seq_len)
-            rec_kept = [records[j] for j in kept]
+                            len(records) - len(rec_kept), len(records), train_config.seq_len)
             batcher = data.Batcher(data.ExampleSource(examples), dataclasses.replace(batch_config, seed=config.seed + it))
             steps = batcher.total_steps(1)
             if steps > 1:

@@ -347,11 +347,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         budget = o.budget_ratio * methods["drift"]["wall_seconds"] if "drift" in methods else o.budget_seconds
         orl = stages.run("online_rl", lambda: stage_online_rl(cfg, workdir, mesh, ref_path, budget))
         ev = stages.run("eval_online_rl", lambda: stage_eval(cfg, workdir, mesh, orl["path"], "online_rl"))
+        curves["online_rl"] = [(p["seconds"], p["value"]) for p in orl["curve"]]
         # Its wall time counts sampling and training, not the learning-curve evaluations.
         methods["online_rl"] = _method_entry(workdir, "online_rl", orl["sampling_and_training_seconds"], {
             k: orl[k] for k in ("tokens_generated", "tokens_trained", "iterations", "optimizer_steps", "budget_seconds")
-        } | {"curve": [[p["seconds"], p["value"]] for p in orl["curve"]]})
-        curves["online_rl"] = [(p["seconds"], p["value"]) for p in orl["curve"]]
+        } | {"curve": [list(p) for p in curves["online_rl"]]})
         notes.append(_online_rl_note(orl, methods.get("drift"), key))
         stage_seconds.update({"online_rl": orl["seconds"], "eval_online_rl": ev["seconds"]})
     results_path = os.path.join(workdir, "results.json")

@@ -136,6 +136,17 @@ def state_shardings(mesh, model_config: ModelConfig, tx: optax.GradientTransform
     return TrainState(step=replicated, params=param_sh, opt_state=opt_sh)
 
 
+def abstract_state(model_config: ModelConfig, tx: optax.GradientTransformation, state_sh: TrainState) -> TrainState:
+    """The train state's shapes with their target shardings: what a checkpoint restores onto."""
+    abstract = jax.eval_shape(lambda: init_state(model.init_params(model_config, jax.random.key(0)), tx))
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
+
+
+def sharded_state(params: Params, tx: optax.GradientTransformation, state_sh: TrainState) -> TrainState:
+    """A fresh train state from params, laid out as `state_sh`."""
+    return jax.jit(functools.partial(init_state, tx=tx), out_shardings=state_sh)(params)
+
+
 def batch_shardings(mesh, shapes: dict[str, tuple[int, ...]]) -> dict[str, NamedSharding]:
     return {k: sharding.named_sharding(mesh, data.BATCH_AXES[k], shapes[k]) for k in shapes}
 
@@ -269,9 +280,7 @@ def run(
 
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep,
                                    async_save=config.async_checkpoints)
-    abstract = jax.eval_shape(lambda: init_state(model.init_params(model_config, jax.random.key(0)), tx))
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
-    restored = ckpt.restore_latest(abstract)
+    restored = ckpt.restore_latest(abstract_state(model_config, tx, state_sh))
     if restored is not None:
         start, state, position = restored
         if {k: position.get(k) for k in data_key} != data_key:
@@ -280,7 +289,7 @@ def run(
     else:
         start = 0
         params = init_params() if callable(init_params) else init_params
-        state = jax.jit(functools.partial(init_state, tx=tx), out_shardings=state_sh)(params)
+        state = sharded_state(params, tx, state_sh)
 
     step_fn = compile_train_step(model_config, tx, mesh, state_sh, batch_sh)
     writer = MetricWriter(workdir)
