@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CPU quickstart of the whole pipeline (creates .venv and installs on first use): a tiny reference
 # policy trained from scratch, rollouts, weights, weighted SFT, multi@k evaluation, report; then the
-# baselines (sft, sft_rollouts, rft, online_rl) on the same reference and task (~12 minutes in all).
+# baselines (sft, sft_rollouts, rft, online_rl) on the same reference and task (~10 minutes in all).
 # Usage: bash launch/quickstart.sh [WORKDIR] [--config.x=y ...]     (a rerun resumes from the cached stages)
 #        CONFIG=configs/quickstart_drift.py bash launch/quickstart.sh    (reference and DRIFT only, ~2 minutes)
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
