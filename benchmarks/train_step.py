@@ -24,7 +24,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from drift_jax import data, model, sharding, train  # noqa: E402
+from drift_jax import train  # noqa: E402
+from drift_jax.lm import model, sharding
+from drift_jax.train import batches
 
 B, T, VOCAB, HIDDEN, LAYERS, HEADS, KV, MLP = 16, 256, 512, 256, 4, 8, 2, 1024
 
@@ -143,7 +145,7 @@ def main() -> None:
 
     tc = train.TrainConfig(lr=1e-4, warmup_steps=0, batch_size=B, seq_len=T, pack=False)
     exs = examples()
-    batch_np = data.Batcher(data.ExampleSource(exs), tc.batch_config()).host_batch(0)
+    batch_np = batches.Batcher(batches.ExampleSource(exs), tc.batch_config()).host_batch(0)
     tokens = B * T
     runners = {
         "jax_f32": jax_stepper("float32", tc, batch_np),

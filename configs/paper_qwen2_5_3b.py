@@ -5,7 +5,7 @@
         --multihost                      # on a TPU pod: see launch/tpu_pod.sh
 
 Local files (nothing is downloaded): <manual_dir>/metamath_math/train*.jsonl (MetaMathQA rows; MATH_*
-types are kept) and <manual_dir>/math500/test*.jsonl. The paper's hyperparameters (shared/DRIFT.md):
+types are kept) and <manual_dir>/math500/test*.jsonl. The paper's hyperparameters (docs/method.md):
 K=16 samples of up to T=5 turns, 512 new tokens per turn, temperature 1.0, gamma 0.9, beta 0.1, lr 5e-6
 constant with 10% warmup, 1 epoch, weight decay 0.1, clip 1.0, 128 sequences per step, bf16 compute.
 Expected (paper, multi@5 on MATH500): base 38.3 -> DRIFT 55.9. Mesh: FSDP over all chips of a

@@ -28,9 +28,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from drift_jax import (data, envs, episodes, evaluate, hf, model, online_rl, report, returns, rollouts, sft_examples,
-                       sharding, train)
-from drift_jax.weights import drift_weights, weight_diagnostics
+from drift_jax import envs
+from drift_jax.baselines import offline, online_rl
+from drift_jax.evaluation import held_out, report
+from drift_jax.lm import hf, model, sharding
+from drift_jax.rollout import driver, episodes, returns, supervision
+from drift_jax.rollout.weights import drift_weights, weight_diagnostics
+from drift_jax.train import batches, trainer
 
 log = logging.getLogger(__name__)
 # Methods trained offline from the fixed reference: DRIFT and the baselines that share its data and trainer.
@@ -86,8 +90,8 @@ def episode_config(cfg: ml_collections.ConfigDict, *, sample: bool) -> episodes.
     )
 
 
-def train_config(section: ml_collections.ConfigDict, seed: int) -> train.TrainConfig:
-    return train.TrainConfig(**{**section.to_dict(), "seed": seed, "async_checkpoints": False})
+def train_config(section: ml_collections.ConfigDict, seed: int) -> trainer.TrainConfig:
+    return trainer.TrainConfig(**{**section.to_dict(), "seed": seed, "async_checkpoints": False})
 
 
 def problems(cfg: ml_collections.ConfigDict, split: str, n: int, seed_offset: int = 0,
@@ -120,28 +124,6 @@ def load_policy(path: str, mesh, cfg: ml_collections.ConfigDict):
     return model_config, params, envs.ChatFormat.from_pretrained(path)
 
 
-def examples_from_messages(chat: envs.ChatFormat, transcripts, max_length: int) -> list[dict[str, Any]]:
-    """Demonstration chats -> weight-1 examples scoring the last assistant turn (earlier ones are context)."""
-    fb_cache: dict[str, list[int]] = {}
-    out = []
-    for i, msgs in enumerate(transcripts):
-        first_assistant = next(j for j, m in enumerate(msgs) if m["role"] == "assistant")
-        responses, feedbacks = [], []
-        for m in msgs[first_assistant:]:
-            if m["role"] == "assistant":
-                responses.append(chat.encode(m["content"]) + [chat.end_of_turn_id])
-            else:
-                feedbacks.append(fb_cache.setdefault(m["content"], chat.feedback_ids(m["content"])))
-        record = {
-            "problem_id": f"demo{i}", "sample": 0, "prompt_ids": chat.prompt_ids(msgs[:first_assistant]),
-            "turns": [{"response_ids": r, "feedback_ids": f} for r, f in zip(responses, feedbacks + [[]])],
-        }
-        ex = sft_examples.make_example(record, 1.0, end_of_turn=chat.end_of_turn_id, max_length=max_length)
-        if ex is not None:
-            out.append(ex)
-    return out
-
-
 # ----------------------------------------------------------------------------- stages
 
 
@@ -164,11 +146,11 @@ def stage_reference(cfg, workdir: str, mesh) -> dict[str, Any]:
     demo_problems = problems(cfg, "train", ref.num_demos, seed_offset=1000, task=ref.task if ref.task.name else None)
     transcripts = envs.synthetic.demonstrations(demo_problems, seed=cfg.seed, max_wrong_turns=ref.max_wrong_turns,
                                                 feedback=cfg.feedback)
-    examples = examples_from_messages(chat, transcripts, ref.train.seq_len)
-    data.write_examples(os.path.join(out, "demos.arrayrecord"), examples)
+    examples = supervision.examples_from_messages(chat, transcripts, ref.train.seq_len)
+    batches.write_examples(os.path.join(out, "demos.arrayrecord"), examples)
     init = lambda: model.init_sharded(model_config, jax.random.key(cfg.seed), mesh)  # noqa: E731
-    params = train.run(train_config(ref.train, cfg.seed), model_config, os.path.join(out, "demos.arrayrecord"),
-                       init, os.path.join(out, "train"), mesh)
+    params = trainer.run(train_config(ref.train, cfg.seed), model_config, os.path.join(out, "demos.arrayrecord"),
+                         init, os.path.join(out, "train"), mesh)
     save_policy(model_config, params, str(cfg.model.tokenizer_path or envs.SYNTHETIC_TOKENIZER), os.path.join(out, "hf"))
     return {"path": os.path.join(out, "hf"), "demonstrations": len(examples), "params": model_config.num_params}
 
@@ -176,13 +158,13 @@ def stage_reference(cfg, workdir: str, mesh) -> dict[str, Any]:
 def stage_rollouts(cfg, workdir: str, mesh, ref_path: str) -> dict[str, Any]:
     model_config, params, chat = load_policy(ref_path, mesh, cfg)
     r = cfg.rollout
-    rc = rollouts.RolloutConfig(
-        num_samples=r.num_samples, episode=episode_config(cfg, sample=True), returns=return_config(cfg),
+    rc = driver.RolloutConfig(
+        num_samples=r.num_samples, episode=episode_config(cfg, sample=True),
         problems_per_shard=r.problems_per_shard, rows_per_batch=r.rows_per_batch, seed=cfg.seed,
     )
-    stats = rollouts.rollout(params, model_config, chat, problems(cfg, "train", r.num_problems), rc,
-                             os.path.join(workdir, "rollouts"), mesh=mesh)
-    records = rollouts.read_rollouts(os.path.join(workdir, "rollouts"))
+    stats = driver.rollout(params, model_config, chat, problems(cfg, "train", r.num_problems), rc,
+                           os.path.join(workdir, "rollouts"), mesh=mesh)
+    records = driver.read_rollouts(os.path.join(workdir, "rollouts"))
     solved = np.array([rec["solved_turn"] for rec in records])
     return {**{k: float(v) for k, v in stats.items()}, "trajectories_total": len(records),
             "success_rate": float(np.mean(solved > 0)),
@@ -193,20 +175,19 @@ def return_config(cfg) -> returns.ReturnConfig:
     return returns.ReturnConfig(**cfg.returns.to_dict())
 
 
-def stage_weights(cfg, workdir: str, ref_path: str, *, name: str = "drift", uniform: bool = False,
-                  successful_only: bool = False) -> dict[str, Any]:
+def stage_weights(cfg, workdir: str, ref_path: str, *, name: str = "drift") -> dict[str, Any]:
     """Returns -> weights -> weighted examples (`drift`), or the baselines' data from the same rollouts:
     uniform weights (`sft_rollouts`, the paper's SFT-5turn) or successful trajectories only (`rft`)."""
-    records = rollouts.read_rollouts(os.path.join(workdir, "rollouts"))
+    records = driver.read_rollouts(os.path.join(workdir, "rollouts"))
     chat = envs.ChatFormat.from_pretrained(ref_path)
     # Recomputed from the recorded turns, so a sweep over gamma or the penalties reuses the rollouts.
     return_cfg = return_config(cfg)
-    returns_N = np.array([rollouts.trajectory_return(rec, return_cfg) for rec in records], np.float32)
+    returns_N = np.array([returns.record_return(rec, return_cfg) for rec in records], np.float32)
     groups = np.array([rec["problem_id"] for rec in records])
     success = np.array([rec["solved_turn"] > 0 for rec in records])
     d = cfg.drift
-    if uniform or successful_only:
-        w = np.where(success, 1.0, 0.0) if successful_only else np.ones_like(returns_N)
+    if name in offline.ROLLOUT_BASELINES:
+        w = offline.rollout_weights(name, success)
     else:
         w = np.asarray(drift_weights(returns_N, groups, d.beta, normalize=d.normalize, all_fail=d.all_fail,
                                      clip=d.clip or None, success_N=success))
@@ -214,8 +195,8 @@ def stage_weights(cfg, workdir: str, ref_path: str, *, name: str = "drift", unif
     for rec, wi in zip(records, w):
         if wi <= 0:
             continue
-        ex = sft_examples.make_example(rec, float(wi), end_of_turn=chat.end_of_turn_id, supervision=d.supervision,
-                                       max_length=cfg.train.seq_len)
+        ex = supervision.make_example(rec, float(wi), end_of_turn=chat.end_of_turn_id, supervision=d.supervision,
+                                      max_length=cfg.train.seq_len)
         if ex is not None:
             examples.append(ex)
     if not examples:
@@ -224,7 +205,7 @@ def stage_weights(cfg, workdir: str, ref_path: str, *, name: str = "drift", unif
             f"drift.all_fail={d.all_fail!r}); sample more (rollout.num_samples), or keep failed groups"
         )
     path = os.path.join(workdir, name, "examples.arrayrecord")
-    data.write_examples(path, examples)
+    batches.write_examples(path, examples)
     np.save(os.path.join(workdir, name, "weights.npy"), w)
     diag = weight_diagnostics(w, groups)
     scalars = {k: float(v) for k, v in diag.items() if np.ndim(v) == 0}
@@ -234,21 +215,18 @@ def stage_weights(cfg, workdir: str, ref_path: str, *, name: str = "drift", unif
 def stage_sft_data(cfg, workdir: str, ref_path: str) -> dict[str, Any]:
     """The `sft` baseline's data: single-turn chats answering the rollout problems with the gold answer."""
     chat = envs.ChatFormat.from_pretrained(ref_path)
-    transcripts = [
-        envs.first_messages(p) + [{"role": "assistant", "content": f"<answer>{p.answer}</answer>"}]
-        for p in problems(cfg, "train", cfg.rollout.num_problems)
-    ]
-    examples = examples_from_messages(chat, transcripts, cfg.train.seq_len)
-    data.write_examples(os.path.join(workdir, "sft", "examples.arrayrecord"), examples)
+    transcripts = offline.gold_chats(problems(cfg, "train", cfg.rollout.num_problems))
+    examples = supervision.examples_from_messages(chat, transcripts, cfg.train.seq_len)
+    batches.write_examples(os.path.join(workdir, "sft", "examples.arrayrecord"), examples)
     return {"examples": len(examples)}
 
 
 def stage_train(cfg, workdir: str, mesh, ref_path: str, name: str) -> dict[str, Any]:
     model_config, params, _ = load_policy(ref_path, mesh, cfg)
     out = os.path.join(workdir, name)
-    src = data.ExampleSource(os.path.join(out, "examples.arrayrecord"))
+    src = batches.ExampleSource(os.path.join(out, "examples.arrayrecord"))
     tokens = sum(int(np.count_nonzero(src[i]["loss_mask"])) for i in range(len(src)))
-    params = train.run(train_config(cfg.train, cfg.seed), model_config, src, params, os.path.join(out, "train"), mesh)
+    params = trainer.run(train_config(cfg.train, cfg.seed), model_config, src, params, os.path.join(out, "train"), mesh)
     save_policy(model_config, params, ref_path, os.path.join(out, "hf"))
     return {"path": os.path.join(out, "hf"), "scored_tokens_per_epoch": tokens}
 
@@ -267,8 +245,8 @@ def stage_online_rl(cfg, workdir: str, mesh, ref_path: str, budget_seconds: floa
     test = eval_problems(cfg)
     greedy = episode_config(cfg, sample=False)
 
-    def held_out(params) -> float:
-        result = evaluate.evaluate(params, model_config, chat, test, greedy, mesh=mesh,
+    def multi_at_max(params) -> float:
+        result = held_out.evaluate(params, model_config, chat, test, greedy, mesh=mesh,
                                    rows_per_batch=cfg.eval.rows_per_batch)
         return result[f"multi@{cfg.max_turns}"]
 
@@ -276,7 +254,7 @@ def stage_online_rl(cfg, workdir: str, mesh, ref_path: str, budget_seconds: floa
     params, progress = online_rl.run(
         config, train_config(o.train, cfg.seed), model_config, chat, ref_params,
         problems(cfg, "train", cfg.rollout.num_problems), episode_config(cfg, sample=True), return_config(cfg),
-        held_out, os.path.join(out, "train"), mesh,
+        multi_at_max, os.path.join(out, "train"), mesh,
     )
     save_policy(model_config, params, ref_path, os.path.join(out, "hf"))
     return {"path": os.path.join(out, "hf"), "budget_seconds": budget_seconds, "iterations": progress["iteration"],
@@ -291,7 +269,7 @@ def eval_problems(cfg) -> list[envs.Problem]:
 
 def stage_eval(cfg, workdir: str, mesh, policy_path: str, name: str) -> dict[str, Any]:
     model_config, params, chat = load_policy(policy_path, mesh, cfg)
-    result = evaluate.evaluate(params, model_config, chat, eval_problems(cfg), episode_config(cfg, sample=False),
+    result = held_out.evaluate(params, model_config, chat, eval_problems(cfg), episode_config(cfg, sample=False),
                                mesh=mesh, rows_per_batch=cfg.eval.rows_per_batch)
     with open(os.path.join(workdir, f"eval_{name}.json"), "w") as f:
         json.dump(result, f, indent=2)
@@ -330,8 +308,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         if name == "sft":
             dt = stages.run(data_stage, lambda: stage_sft_data(cfg, workdir, ref_path))
         else:
-            dt = stages.run(data_stage, lambda n=name: stage_weights(
-                cfg, workdir, ref_path, name=n, uniform=n == "sft_rollouts", successful_only=n == "rft"))
+            dt = stages.run(data_stage, lambda n=name: stage_weights(cfg, workdir, ref_path, name=n))
         tr = stages.run(f"train_{name}", lambda n=name: stage_train(cfg, workdir, mesh, ref_path, n))
         ev = stages.run(f"eval_{name}", lambda n=name, path=tr["path"]: stage_eval(cfg, workdir, mesh, path, n))
         cost += dt["seconds"] + tr["seconds"]

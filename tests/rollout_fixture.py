@@ -2,7 +2,9 @@
 
 import jax
 
-from drift_jax import envs, episodes, model, rollouts
+from drift_jax import envs
+from drift_jax.lm import model
+from drift_jax.rollout import driver, episodes
 
 CHAT = envs.ChatFormat.from_pretrained(envs.SYNTHETIC_TOKENIZER)
 CFG = model.ModelConfig(
@@ -19,7 +21,7 @@ def problems(n: int = 6):
     return envs.synthetic.make_problems("train", n, seed=0)
 
 
-def rollout_config(**kw) -> rollouts.RolloutConfig:
+def rollout_config(**kw) -> driver.RolloutConfig:
     base = dict(
         num_samples=3,
         episode=episodes.EpisodeConfig(max_turns=3, max_new_tokens=6, temperature=1.0),
@@ -27,4 +29,4 @@ def rollout_config(**kw) -> rollouts.RolloutConfig:
         rows_per_batch=8,
         seed=7,
     )
-    return rollouts.RolloutConfig(**{**base, **kw})
+    return driver.RolloutConfig(**{**base, **kw})

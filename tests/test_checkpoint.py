@@ -18,18 +18,19 @@ import jax
 import numpy as np
 import pytest
 
-from drift_jax import checkpoint, data, model, sharding, train
+from drift_jax.lm import model, sharding
+from drift_jax.train import batches, checkpoint, trainer
 
 CFG = model.ModelConfig(
     vocab_size=61, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=48,
 )
-TC = train.TrainConfig(lr=1e-2, batch_size=2, seq_len=40, epochs=2, save_every=3, keep=2, progress_bar=False)
+TC = trainer.TrainConfig(lr=1e-2, batch_size=2, seq_len=40, epochs=2, save_every=3, keep=2, progress_bar=False)
 
 
 def _run(workdir, examples, on_step=None, mesh=None, config=TC):
     mesh = mesh or sharding.make_mesh({"data": -1})
-    params = train.run(config, CFG, examples, lambda: model.init_params(CFG, jax.random.key(0)), workdir, mesh,
-                       on_step=on_step)
+    params = trainer.run(config, CFG, examples, lambda: model.init_params(CFG, jax.random.key(0)), workdir, mesh,
+                         on_step=on_step)
     return jax.device_get(params)
 
 
@@ -45,10 +46,10 @@ def _assert_same_params(a, b):
 
 @pytest.fixture(scope="module")
 def examples_path(tmp_path_factory):
-    from tests.test_data import make_examples
+    from tests.test_batches import make_examples
 
     path = tmp_path_factory.mktemp("data") / "examples.arrayrecord"
-    data.write_examples(path, make_examples(60))
+    batches.write_examples(path, make_examples(60))
     return str(path)
 
 
@@ -120,16 +121,16 @@ def test_corrupted_latest_checkpoint_falls_back(tmp_path, examples_path, uninter
 
 
 def test_eight_device_checkpoint_restores_on_four_devices(tmp_path):
-    tx = train.make_optimizer(TC, 10)
+    tx = trainer.make_optimizer(TC, 10)
     mesh8 = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    sh8 = train.state_shardings(mesh8, CFG, tx)
-    state = jax.jit(lambda: train.init_state(model.init_params(CFG, jax.random.key(3)), tx), out_shardings=sh8)()
+    sh8 = trainer.state_shardings(mesh8, CFG, tx)
+    state = jax.jit(lambda: trainer.init_state(model.init_params(CFG, jax.random.key(3)), tx), out_shardings=sh8)()
     ckpt = checkpoint.Checkpointer(tmp_path)
     ckpt.save(7, state, {"step": 7})
     ckpt.wait()
 
     mesh4 = sharding.make_mesh({"fsdp": 2, "tensor": 2}, devices=jax.devices()[:4])
-    sh4 = train.state_shardings(mesh4, CFG, tx)
+    sh4 = trainer.state_shardings(mesh4, CFG, tx)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, sh4)
     step, restored, position = checkpoint.Checkpointer(tmp_path).restore_latest(abstract)
     assert step == 7 and position == {"step": 7}

@@ -18,15 +18,16 @@ MESH = {"data": 2, "fsdp": 2, "tensor": 2}
 def _train(workdir, examples):
     import jax
 
-    from drift_jax import model, sharding, train
+    from drift_jax.lm import model, sharding
+    from drift_jax.train import trainer
 
     cfg = model.ModelConfig(
         vocab_size=61, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=48,
     )
-    tc = train.TrainConfig(lr=1e-2, batch_size=8, micro_batches=2, seq_len=40, max_steps=4, save_every=2,
-                           progress_bar=False)
+    tc = trainer.TrainConfig(lr=1e-2, batch_size=8, micro_batches=2, seq_len=40, max_steps=4, save_every=2,
+                             progress_bar=False)
     mesh = sharding.make_mesh(MESH)
-    params = train.run(tc, cfg, examples, lambda: model.init_params(cfg, jax.random.key(0)), workdir, mesh)
+    params = trainer.run(tc, cfg, examples, lambda: model.init_params(cfg, jax.random.key(0)), workdir, mesh)
     from jax.experimental import multihost_utils
 
     return jax.tree.map(np.asarray, multihost_utils.process_allgather(params, tiled=True))
@@ -41,11 +42,11 @@ def _free_port():
 def test_two_processes_match_one_process(tmp_path):
     import jax
 
-    from drift_jax import data
-    from tests.test_data import make_examples
+    from drift_jax.train import batches
+    from tests.test_batches import make_examples
 
     examples = str(tmp_path / "examples.arrayrecord")
-    data.write_examples(examples, make_examples(80))
+    batches.write_examples(examples, make_examples(80))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}

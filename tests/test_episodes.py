@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import rollout_fixture as fx
 
-from drift_jax import episodes, model, sft_examples
+from drift_jax.lm import model
+from drift_jax.rollout import episodes, supervision
 
 
 def test_recorded_logprobs_equal_full_forward_on_rebuilt_tokens():
@@ -16,7 +17,7 @@ def test_recorded_logprobs_equal_full_forward_on_rebuilt_tokens():
     recs = episodes.run_episodes(params, fx.CFG, fx.CHAT, probs, [0, 1, 2], cfg, seed=3)
     assert [r["sample"] for r in recs] == [0, 1, 2]
     for r in recs:
-        tokens, turn = sft_examples.trajectory_tokens(
+        tokens, turn = supervision.trajectory_tokens(
             r["prompt_ids"], [t["response_ids"] for t in r["turns"]], [t["feedback_ids"] for t in r["turns"]],
             fx.CHAT.end_of_turn_id,
         )

@@ -10,7 +10,7 @@ import transformers
 from safetensors.numpy import load_file, save_file
 from tiny_hf import hf_logits, make_tiny_hf
 
-from drift_jax import hf, model, sharding
+from drift_jax.lm import hf, model, sharding
 
 LLAMA3_ROPE = {
     "rope_type": "llama3",

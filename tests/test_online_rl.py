@@ -8,8 +8,12 @@ import numpy as np
 import optax
 import pytest
 
-from drift_jax import data, envs, episodes, model, online_rl, returns, sharding, train
-from tests.test_data import make_examples
+from drift_jax import envs
+from drift_jax.baselines import online_rl
+from drift_jax.lm import model, sharding
+from drift_jax.rollout import episodes, returns
+from drift_jax.train import batches, trainer
+from tests.test_batches import make_examples
 
 CFG = model.ModelConfig(
     vocab_size=61, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=48, qkv_bias=True,
@@ -46,7 +50,7 @@ def _logprob(params, example):
 def test_sequence_logprobs_of_packed_batches_match_the_model_on_any_mesh():
     params = model.init_params(CFG, jax.random.key(1))
     examples = make_examples(11, vocab=61)
-    batcher = data.Batcher(data.ExampleSource(examples), data.BatchConfig(4, 40, micro_batches=2, drop_remainder=False))
+    batcher = batches.Batcher(batches.ExampleSource(examples), batches.BatchConfig(4, 40, micro_batches=2, drop_remainder=False))
     assert any(len(row) > 1 for row in batcher.batch_rows(0))  # packed rows: several examples per row
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     got = online_rl.sequence_logprobs(params, CFG, batcher, batcher.total_steps(1), mesh)
@@ -72,12 +76,12 @@ def test_signed_weights_with_unit_mass_give_the_policy_gradient_loss():
     adv = np.array([0.5, -0.5, 1.0, -1.0, 0.25, -0.25, 0.0, 0.0], np.float32)
     for e, a in zip(examples, adv):
         e["weight"], e["mass"] = a, np.float32(1.0)
-    batcher = data.Batcher(data.ExampleSource(examples),
-                           data.BatchConfig(8, 40, loss_reduction="token_sum", drop_remainder=False))
+    batcher = batches.Batcher(batches.ExampleSource(examples),
+                              batches.BatchConfig(8, 40, loss_reduction="token_sum", drop_remainder=False))
     batch = batcher.host_batch(0)
     assert batch["row_weight"].sum() == 8  # the mass, not the (zero) sum of advantages
     tx = optax.sgd(1.0)
-    _, metrics = jax.jit(functools.partial(train.train_step, model_config=CFG, tx=tx))(train.init_state(params, tx), batch)
+    _, metrics = jax.jit(functools.partial(trainer.train_step, model_config=CFG, tx=tx))(trainer.init_state(params, tx), batch)
     nll = -np.array([_logprob(params, e) for e in examples])
     np.testing.assert_allclose(metrics["loss"], np.sum(adv * nll) / 8, rtol=1e-5)
 
@@ -89,8 +93,8 @@ def _loop_setup():
     ref = model.init_params(cfg, jax.random.key(0))
     probs = envs.synthetic.make_problems("train", 6, seed=0, num_operands=2, max_digits=1, modulus=None, ops=("max",))
     episode = episodes.EpisodeConfig(max_turns=2, max_new_tokens=4, temperature=1.0)
-    tc = train.TrainConfig(lr=1e-2, warmup_steps=0, batch_size=8, seq_len=64, loss_reduction="token_sum",
-                           progress_bar=False, async_checkpoints=False)
+    tc = trainer.TrainConfig(lr=1e-2, warmup_steps=0, batch_size=8, seq_len=64, loss_reduction="token_sum",
+                             progress_bar=False, async_checkpoints=False)
     return chat, cfg, ref, probs, episode, tc
 
 

@@ -66,7 +66,9 @@ def test_rft_and_drift_data_from_crafted_rollouts(tmp_path):
     """rft keeps exactly the solved trajectories at weight 1; drift gives them most of the mass."""
     import numpy as np
 
-    from drift_jax import data, envs, rollouts
+    from drift_jax import envs
+    from drift_jax.rollout import driver
+    from drift_jax.train import batches
 
     chat = envs.ChatFormat.from_pretrained(envs.SYNTHETIC_TOKENIZER)
     eot, fb = chat.end_of_turn_id, chat.feedback_ids(envs.DEFAULT_FEEDBACK)
@@ -82,16 +84,16 @@ def test_rft_and_drift_data_from_crafted_rollouts(tmp_path):
     recs = [record("p1", 0, [7], 1), record("p1", 1, [3, 7], 2), record("p1", 2, [3, 4], 0),
             record("p2", 0, [1, 2], 0), record("p2", 1, [1, 1], 0)]
     (tmp_path / "rollouts").mkdir()
-    rollouts._write_shard(rollouts.shard_path(str(tmp_path / "rollouts"), 0), recs)
+    driver._write_shard(driver.shard_path(str(tmp_path / "rollouts"), 0), recs)
     cfg = tiny_config()
     cfg.drift.all_fail = "drop"
-    summary = pipeline.stage_weights(cfg, str(tmp_path), str(envs.SYNTHETIC_TOKENIZER), name="rft", successful_only=True)
+    summary = pipeline.stage_weights(cfg, str(tmp_path), str(envs.SYNTHETIC_TOKENIZER), name="rft")
     assert summary["examples"] == 2
     np.testing.assert_array_equal(np.load(tmp_path / "rft" / "weights.npy"), [1, 1, 0, 0, 0])
     pipeline.stage_weights(cfg, str(tmp_path), str(envs.SYNTHETIC_TOKENIZER), name="drift")
     w = np.load(tmp_path / "drift" / "weights.npy")
     assert w[0] > w[1] > w[2] and w[3] == w[4] == 0 and np.isclose(w[:3].mean(), 1.0, atol=1e-5)
-    source = data.ExampleSource(str(tmp_path / "rft" / "examples.arrayrecord"))
+    source = batches.ExampleSource(str(tmp_path / "rft" / "examples.arrayrecord"))
     scored = [chat.decode(source[i]["tokens"][source[i]["loss_mask"] == 1]) for i in range(len(source))]
     assert scored == ["<answer>7</answer>", "<answer>7</answer>"]  # terminal turn only
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from drift_jax import report
+from drift_jax.evaluation import report
 
 
 def test_multi_at_k_and_correction_rates():

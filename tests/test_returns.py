@@ -1,10 +1,7 @@
-"""Tests for drift_jax.returns: DRIFT.md examples, each term, vectorised == per-trajectory."""
-import numpy as np
+"""Tests for drift_jax.rollout.returns: the method's worked examples, each term, recorded trajectories."""
 import pytest
 
-from drift_jax.returns import ReturnConfig, batch_returns, trajectory_return
-
-NO_PENALTY = ReturnConfig(format_penalty=0.0, repeat_penalty=0.0)
+from drift_jax.rollout.returns import ReturnConfig, record_return, trajectory_return
 
 
 @pytest.mark.parametrize("turn", [1, 2, 3, 4, 5])
@@ -50,43 +47,20 @@ def test_unparseable_answers_are_ignored_in_repeat_count():
 
 
 def test_reference_example_returns():
-    # The returns of DRIFT.md's worked example come out of these trajectories (gamma 0.9).
+    # The returns of docs/method.md's worked example come out of these trajectories (gamma 0.9).
     assert trajectory_return([1], ["x"]) == pytest.approx(1.0)
     assert trajectory_return([0, 1], ["y", "x"]) == pytest.approx(0.9)
     assert trajectory_return([0, 0, 0, 0, 1], list("abcdx")) == pytest.approx(0.6561)
     assert trajectory_return([0] * 5, ["a", "b", None, None, None]) == pytest.approx(-0.3)
 
 
-def test_vectorised_equals_per_trajectory():
-    rng = np.random.default_rng(0)
-    N, T = 200, 5
-    lengths_N = rng.integers(1, T + 1, size=N)
-    rewards, answers, flags = [], [], []
-    for n in range(N):
-        L = lengths_N[n]
-        solved = rng.random() < 0.5
-        r = [0] * L
-        if solved:
-            r[L - 1] = 1  # episodes stop at the first correct turn
-        a = [None if rng.random() < 0.2 else str(rng.integers(0, 3)) for _ in range(L)]
-        f = [x is not None for x in a]
-        if rng.random() < 0.1:
-            f[0] = not f[0]  # flags that disagree with the parse must still match row by row
-        rewards.append(r), answers.append(a), flags.append(f)
-    mask = np.arange(T)[None, :] < lengths_N[:, None]
-    pad = lambda rows, fill: [row + [fill] * (T - len(row)) for row in rows]  # noqa: E731
-    configs = [ReturnConfig(), ReturnConfig(gamma=0.3, format_penalty=-0.2, repeat_penalty=1.0),
-               NO_PENALTY]
-    for cfg in configs:
-        want = np.array([trajectory_return(r, a, f, cfg)
-                         for r, a, f in zip(rewards, answers, flags)])
-        got = batch_returns(np.array(pad(rewards, 0)), pad(answers, None), mask,
-                            np.array(pad(flags, True)), cfg)
-        np.testing.assert_allclose(got, want, atol=1e-12)
-        # Default flags (answer is not None), padding that holds garbage, and integer answer ids.
-        want = np.array([trajectory_return(r, a, config=cfg) for r, a in zip(rewards, answers)])
-        got = batch_returns(np.array(pad(rewards, 1)), pad(answers, "junk"), mask, config=cfg)
-        np.testing.assert_allclose(got, want, atol=1e-12)
-        ids = np.array([[-1 if x is None else int(x) for x in row] for row in pad(answers, None)])
-        got = batch_returns(np.array(pad(rewards, 0)), ids, mask, config=cfg)
-        np.testing.assert_allclose(got, want, atol=1e-12)
+def test_record_return_normalises_answers_before_the_repeat_count():
+    # "0.5" and "\\frac{1}{2}" are one answer given twice: repeat 0.5 * (1 - 1/2) = 0.25; one unparseable
+    # turn: -0.1. Unsolved: no task term.
+    turns = [{"reward": 0.0, "answer": "0.5", "format_ok": True},
+             {"reward": 0.0, "answer": "\\frac{1}{2}", "format_ok": True},
+             {"reward": 0.0, "answer": None, "format_ok": False}]
+    assert record_return({"turns": turns}) == pytest.approx(-0.1 - 0.25)
+    # Solved at the second turn with two distinct answers: gamma^1 and nothing else.
+    solved = [{"reward": 0.0, "answer": "3", "format_ok": True}, {"reward": 1.0, "answer": "4", "format_ok": True}]
+    assert record_return({"turns": solved}, ReturnConfig(gamma=0.5)) == pytest.approx(0.5)

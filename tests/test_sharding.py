@@ -4,7 +4,7 @@ import jax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from drift_jax import sharding
+from drift_jax.lm import sharding
 
 
 def test_mesh_fills_minus_one():

@@ -2,14 +2,14 @@
 import numpy as np
 import pytest
 
-from drift_jax import weights
-from drift_jax.weights import beta_for_ess, drift_weights, weight_diagnostics
+from drift_jax.rollout import weights
+from drift_jax.rollout.weights import beta_for_ess, drift_weights, weight_diagnostics
 
 EXAMPLE_R = np.array([1.0, 0.9, 0.656, -0.3])
 
 
 def reference_weights(returns, beta):
-    """The DRIFT.md formula written out plainly, in float64: exp(R/beta) / mean exp(R/beta)."""
+    """The formula of docs/method.md written out plainly, in float64: exp(R/beta) / mean exp(R/beta)."""
     e = np.exp((returns - returns.max()) / beta)
     return e / e.mean()
 
@@ -27,7 +27,7 @@ def loop_reference(returns, group_ids, beta):
     (1.0, [1.386, 1.254, 0.982, 0.378]),
 ])
 def test_reference_example(beta, expected):
-    # Golden values from DRIFT.md; if they change, the weight formula changed: fix the code.
+    # Golden values of docs/method.md's worked example; if they change, the weight formula changed: fix the code.
     w = np.asarray(drift_weights(EXAMPLE_R, np.zeros(4, int), beta))
     np.testing.assert_allclose(w, expected, atol=5e-4)
     np.testing.assert_allclose(w, reference_weights(EXAMPLE_R, beta), rtol=1e-5, atol=1e-7)

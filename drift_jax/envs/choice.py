@@ -7,12 +7,11 @@ import re
 from collections.abc import Sequence
 
 from drift_jax.envs.math_task import boxed_contents
-from drift_jax.envs.records import Problem, Verdict, content_id
+from drift_jax.envs.records import ANSWER_TAG, Problem, Verdict, content_id
 
 LETTERS = "ABCDEFGHIJKLMNOP"
 INSTRUCTION = "Answer with the letter of the correct option inside <answer></answer>."
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 
 
 def choice_problem(
@@ -79,7 +78,7 @@ def letter_of(content: str, options: Sequence[str]) -> str | None:
 
 def extract_letter(response: str, options: Sequence[str]) -> str | None:
     """The letter of a response, from `<answer>` blocks (else `\\boxed{}`); None if absent or ambiguous."""
-    contents = _ANSWER_TAG.findall(response) or boxed_contents(response)
+    contents = ANSWER_TAG.findall(response) or boxed_contents(response)
     letters = {letter_of(c, options) for c in contents}
     return letters.pop() if len(letters) == 1 else None
 

@@ -10,11 +10,10 @@ import threading
 import math_verify
 from math_verify import LatexExtractionConfig
 
-from drift_jax.envs.records import Problem, Verdict
+from drift_jax.envs.records import ANSWER_TAG, Problem, Verdict
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
 _WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")  # a word that is not a LaTeX command
 _BOXED_ONLY = [LatexExtractionConfig(boxed_match_priority=0)]
@@ -52,7 +51,7 @@ def _clean(answer: str) -> str:
 
 def extract_answers(response: str) -> list[str]:
     """Every answer the response gives: `<answer>` blocks if any (their `\\boxed{}` if inside), else boxes."""
-    tagged = _ANSWER_TAG.findall(response)
+    tagged = ANSWER_TAG.findall(response)
     if tagged:
         found = []
         for content in tagged:

@@ -19,12 +19,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from drift_jax.envs.records import DEFAULT_FEEDBACK, Problem, Verdict, content_id
+from drift_jax.envs.records import ANSWER_TAG, DEFAULT_FEEDBACK, Problem, Verdict, content_id
 
 INSTRUCTION = "Answer in <answer></answer>."
 SPLITS = ("train", "test")
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _MOD = re.compile(r" mod (\d+)$")
 
 
@@ -106,7 +105,7 @@ def prompt(problem: Problem) -> str:
 
 def extract_integer(response: str) -> str | None:
     """The integer inside the `<answer>` tags; None if missing, not an integer, or two tags disagree."""
-    found = {c.strip() for c in _ANSWER_TAG.findall(response)}
+    found = {c.strip() for c in ANSWER_TAG.findall(response)}
     if len(found) != 1:
         return None
     text = found.pop()

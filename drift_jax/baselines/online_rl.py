@@ -9,12 +9,12 @@ online, so the two can be compared on one task at matched or larger compute:
         R'_i = R_i - kl_coef * sum_t [log pi(a_t) - log pi_ref(a_t)]            (k1 estimate over the sampled
                                           tokens; log pi as the sampler computed it, log pi_ref by one forward)
         A_i  = R'_i - mean of R' over the problem's K samples  (/ their std if scale_by_std, as GRPO)
-        one optimiser step on  sum_i A_i * NLL_i / (P K)  over every assistant turn  -> train.train_step
+        one optimiser step on  sum_i A_i * NLL_i / (P K)  over every assistant turn  -> trainer.train_step
 
 All of an iteration's trajectories go into one optimiser step (the batch must hold them; if it cannot,
 the extra steps are taken on the same samples and logged), so the gradient is exactly on-policy and no
 importance ratio or clipping is needed. Sampler and trainer are the library's own: `run_episodes` and
-`train.compile_train_step` with `data.Batcher` batches whose examples carry weight A_i and mass 1.
+`trainer.compile_train_step` with `batches.Batcher` batches whose examples carry weight A_i and mass 1.
 
 Budget: only sampling, scoring and training count towards `budget_seconds` (learning-curve evaluations
 do not). At the budget the run stops unless its held-out multi@k is still rising, up to
@@ -32,12 +32,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from drift_jax import checkpoint, data, episodes, model, returns, rollouts, sft_examples, train
 from drift_jax.envs import ChatFormat, Problem
-from drift_jax.model import ModelConfig, Params
+from drift_jax.lm.model import ModelConfig, Params
+from drift_jax.rollout import episodes, returns, supervision
+from drift_jax.train import batches, checkpoint, trainer
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +82,11 @@ def advantages(returns_N: np.ndarray, groups_N: np.ndarray, *, scale_by_std: boo
 def _target_logprobs(params: Params, model_config: ModelConfig, batch: dict[str, jax.Array]) -> jax.Array:
     """log p(target) at every scored position of a packed [M, R, T] batch (0 elsewhere), one micro-batch at a time."""
 
-    def one(mb):
-        logits_BxTxV, _ = model.forward(params, model_config, mb["tokens"], positions_BxT=mb["positions"],
-                                        segment_ids_BxT=mb["segment_ids"])
-        logp_BxTxV = jax.nn.log_softmax(logits_BxTxV, axis=-1)
-        target_logp = jnp.take_along_axis(logp_BxTxV, mb["targets"][..., None], axis=-1)[..., 0]
-        return jnp.where(mb["scored"], target_logp, 0.0)
-
-    return jax.lax.map(one, {k: batch[k] for k in ("tokens", "positions", "segment_ids", "targets", "scored")})
+    return jax.lax.map(functools.partial(trainer.target_logprobs, params, model_config),
+                       {k: batch[k] for k in ("tokens", "positions", "segment_ids", "targets", "scored")})
 
 
-def sequence_logprobs(params: Params, model_config: ModelConfig, batcher: data.Batcher, steps: int, mesh) -> np.ndarray:
+def sequence_logprobs(params: Params, model_config: ModelConfig, batcher: batches.Batcher, steps: int, mesh) -> np.ndarray:
     """log pi(scored tokens) of each example of `batcher`'s first `steps` batches (packed as for training)."""
     out = np.zeros(len(batcher.source), np.float64)
     for step in range(steps):
@@ -111,7 +105,7 @@ def rl_example(record: dict[str, Any], end_of_turn: int) -> dict[str, Any]:
     """A trajectory as a training example that scores exactly the sampled tokens: every assistant turn,
     but not the end-of-turn token closing a turn cut at max_new_tokens (the policy never chose it)."""
     responses = [t["response_ids"] for t in record["turns"]]
-    tokens, turn_of_token = sft_examples.trajectory_tokens(
+    tokens, turn_of_token = supervision.trajectory_tokens(
         record["prompt_ids"], responses, [t["feedback_ids"] for t in record["turns"]], end_of_turn)
     mask = turn_of_token > 0
     for t, response in enumerate(responses, start=1):
@@ -133,7 +127,7 @@ def _should_stop(config: OnlineRLConfig, progress: dict[str, Any]) -> bool:
 
 def run(
     config: OnlineRLConfig,
-    train_config: train.TrainConfig,
+    train_config: trainer.TrainConfig,
     model_config: ModelConfig,
     chat: ChatFormat,
     ref_params: Params,
@@ -157,20 +151,20 @@ def run(
     k = config.samples_per_problem
     rows_per_iteration = config.problems_per_iteration * k
     batch_config = dataclasses.replace(train_config.batch_config(), drop_remainder=False)
-    tx = train.make_optimizer(train_config, total_steps=1 << 30)  # constant schedule after warmup
-    state_sh = train.state_shardings(mesh, model_config, tx)
-    batch_sh = train.batch_shardings(mesh, data.batch_shapes(batch_config))
-    step_fn = train.compile_train_step(model_config, tx, mesh, state_sh, batch_sh)
+    tx = trainer.make_optimizer(train_config, total_steps=1 << 30)  # constant schedule after warmup
+    state_sh = trainer.state_shardings(mesh, model_config, tx)
+    batch_sh = trainer.batch_shardings(mesh, batches.batch_shapes(batch_config))
+    step_fn = trainer.compile_train_step(model_config, tx, mesh, state_sh, batch_sh)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=2, async_save=False)
-    restored = ckpt.restore_latest(train.abstract_state(model_config, tx, state_sh))
+    restored = ckpt.restore_latest(trainer.abstract_state(model_config, tx, state_sh))
     if restored is not None:
         _, state, progress = restored
         log.info("online RL resumed at iteration %d (%.0fs spent)", progress["iteration"], progress["seconds"])
     else:
-        state = train.sharded_state(ref_params, tx, state_sh)
+        state = trainer.sharded_state(ref_params, tx, state_sh)
         progress = {"iteration": 0, "seconds": 0.0, "tokens_generated": 0, "tokens_trained": 0, "optimizer_steps": 0,
                     "curve": [{"iteration": 0, "seconds": 0.0, "value": evaluate(state.params)}]}
-    writer = train.MetricWriter(workdir)
+    writer = trainer.MetricWriter(workdir)
     try:
         while True:
             it, spent = progress["iteration"], progress["seconds"]
@@ -193,7 +187,7 @@ def run(
             if len(rec_kept) < len(records):
                 log.warning("online RL: %d of %d trajectories do not fit seq_len=%d and are left out",
                             len(records) - len(rec_kept), len(records), train_config.seq_len)
-            batcher = data.Batcher(data.ExampleSource(examples), dataclasses.replace(batch_config, seed=config.seed + it))
+            batcher = batches.Batcher(batches.ExampleSource(examples), dataclasses.replace(batch_config, seed=config.seed + it))
             steps = batcher.total_steps(1)
             if steps > 1:
                 log.warning("online RL: iteration %d needs %d optimiser steps (batch_size %d rows holds fewer "
@@ -202,7 +196,7 @@ def run(
             # log pi of the sampled tokens as the sampler computed them (at temperature 1: the policy's own).
             logp_pi_N = np.array([sum(sum(t["logprobs"]) for t in r["turns"]) for r in rec_kept])
             kl_N = logp_pi_N - sequence_logprobs(ref_params, model_config, batcher, steps, mesh)
-            task_return_N = np.array([rollouts.trajectory_return(r, return_config) for r in rec_kept], np.float32)
+            task_return_N = np.array([returns.record_return(r, return_config) for r in rec_kept], np.float32)
             groups_N = np.array([r["problem_id"] for r in rec_kept])
             adv_N = advantages(task_return_N - config.kl_coef * kl_N, groups_N, scale_by_std=config.scale_by_std)
             for ex, a in zip(examples, adv_N):  # the batcher reads them when it builds the training batches
@@ -213,7 +207,7 @@ def run(
                     state, metrics = step_fn(state, batcher.global_batch(s, mesh))
                 metrics = {k_: float(v) for k_, v in jax.device_get(metrics).items()}
             if not np.isfinite(metrics["loss"]):
-                raise train.NonFiniteLossError(f"online RL: loss {metrics['loss']} at iteration {it}")
+                raise trainer.NonFiniteLossError(f"online RL: loss {metrics['loss']} at iteration {it}")
             seconds = time.perf_counter() - start
             progress = {
                 **progress, "iteration": it + 1, "seconds": spent + seconds,

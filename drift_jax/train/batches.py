@@ -267,7 +267,7 @@ class Batcher:
 
     def global_batch(self, step: int, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
         """The global batch as sharded jax.Arrays; this host reads only the rows its devices hold."""
-        from drift_jax import sharding
+        from drift_jax.lm import sharding
 
         shapes = self.global_shapes()
         r = shapes["row_weight"][1]

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from drift_jax.sharding import constrain
+from drift_jax.lm.rope import apply_rope, rope_inv_freq
+from drift_jax.lm.sharding import constrain
 
 Params = Any
 Remat = Literal["none", "full", "save_matmuls"]
@@ -102,39 +103,6 @@ def init_cache(config: ModelConfig, batch: int, max_length: int, dtype: Any = No
     shape = (config.num_layers, batch, max_length, config.num_kv_heads, config.head_dim)
     dtype = jnp.dtype(dtype or config.dtype)
     return Cache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
-
-
-# ----------------------------------------------------------------------------- RoPE
-
-
-def rope_inv_freq(config: ModelConfig) -> jax.Array:
-    h = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
-    scaling = config.rope_scaling
-    if scaling is None:
-        return inv_freq
-    if scaling[0] == "linear":
-        return inv_freq / scaling[1]
-    if scaling[0] == "llama3":
-        _, factor, low, high, old_len = scaling
-        low_wavelen, high_wavelen = old_len / low, old_len / high
-        wavelen = 2 * math.pi / inv_freq
-        scaled = jnp.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
-        smooth = (old_len / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-        return jnp.where(medium, smoothed, scaled)
-    raise ValueError(f"unsupported rope scaling {scaling[0]!r}")
-
-
-def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, inv_freq: jax.Array) -> jax.Array:
-    # HF's "rotate_half" layout (first half / second half), so HF weights need no permutation.
-    angles_BxTxH2 = positions_BxT[..., None].astype(jnp.float32) * inv_freq
-    cos, sin = jnp.cos(angles_BxTxH2)[:, :, None], jnp.sin(angles_BxTxH2)[:, :, None]
-    x = x_BxTxNxH.astype(jnp.float32)
-    x1, x2 = jnp.split(x, 2, axis=-1)
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x_BxTxNxH.dtype)
 
 
 # ----------------------------------------------------------------------------- layers
@@ -350,7 +318,7 @@ def param_logical_axes(config: ModelConfig) -> Any:
 
 def init_sharded(config: ModelConfig, key: jax.Array, mesh) -> Params:
     """Initialises params directly into their shardings (no full copy on any device)."""
-    from drift_jax import sharding
+    from drift_jax.lm import sharding
 
     abstract = jax.eval_shape(functools.partial(init_params, config), key)
     shardings = sharding.tree_shardings(mesh, param_logical_axes(config), abstract)

@@ -20,9 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from drift_jax import sampling
 from drift_jax.envs import DEFAULT_FEEDBACK, ChatFormat, Env, Problem
-from drift_jax.model import ModelConfig, Params
+from drift_jax.lm import sampling
+from drift_jax.lm.model import ModelConfig, Params
+
 
 @dataclasses.dataclass(frozen=True)
 class EpisodeConfig:

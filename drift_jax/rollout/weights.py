@@ -131,10 +131,12 @@ def drift_weights(
         num_segments=num_segments, normalize=normalize, all_fail=all_fail)
 
 
-def _ess(w_N: np.ndarray) -> np.ndarray:
-    """(sum w)^2 / sum w^2 along the last axis; 0 where all weights are 0."""
-    sq = np.sum(w_N**2, axis=-1)
-    return np.where(sq > 0, np.sum(w_N, axis=-1) ** 2 / np.where(sq > 0, sq, 1.0), 0.0)
+def _ess(sum_w, sum_sq):
+    """Effective sample size (sum w)^2 / sum w^2 from the two sums; 0 where every weight is 0.
+    numpy on the host (diagnostics) or jax inside the jitted beta search."""
+    xp = jnp if isinstance(sum_w, jax.Array) else np
+    live = sum_sq > 0
+    return xp.where(live, sum_w**2 / xp.where(live, sum_sq, 1.0), 0.0)
 
 
 def weight_diagnostics(
@@ -147,15 +149,16 @@ def weight_diagnostics(
     size_G = np.bincount(seg_N, minlength=ids_G.size)
     sum_G = np.bincount(seg_N, weights=w_N, minlength=ids_G.size)
     sq_G = np.bincount(seg_N, weights=w_N**2, minlength=ids_G.size)
-    ess_G = np.where(sq_G > 0, sum_G**2 / np.where(sq_G > 0, sq_G, 1.0), 0.0)
+    ess_G = _ess(sum_G, sq_G)
+    ess = float(_ess(w_N.sum(), (w_N**2).sum()))
     total = w_N.sum()
     counts, edges = np.histogram(w_N, bins=bins)
     return {
         "group_ids": ids_G,
         "ess_per_group": ess_G,
         "ess_fraction_per_group": ess_G / size_G,
-        "ess": float(_ess(w_N)),
-        "ess_fraction": float(_ess(w_N)) / max(w_N.size, 1),
+        "ess": ess,
+        "ess_fraction": ess / max(w_N.size, 1),
         "max_share": float(w_N.max() / total) if total > 0 else 0.0,
         "mass": float(total),
         "hist_counts": counts,
@@ -171,13 +174,12 @@ def _ess_fraction(
     w_N = _drift_weights(returns_N, seg_N, success_N, jnp.exp(log_beta), jnp.float32(jnp.inf),
                          num_segments=num_segments, normalize=normalize, all_fail=all_fail)
     if kind == "overall":
-        return w_N.sum() ** 2 / jnp.maximum((w_N**2).sum(), 1e-30) / w_N.size
+        return _ess(w_N.sum(), (w_N**2).sum()) / w_N.size
     sum_G = jax.ops.segment_sum(w_N, seg_N, num_segments)
     sq_G = jax.ops.segment_sum(w_N**2, seg_N, num_segments)
     size_G = jax.ops.segment_sum(jnp.ones_like(w_N), seg_N, num_segments)
     live_G = sq_G > 0  # dropped groups have no mass and no ESS to speak of
-    frac_G = jnp.where(live_G, sum_G**2 / jnp.where(live_G, sq_G, 1.0) / size_G, 0.0)
-    return frac_G.sum() / jnp.maximum(live_G.sum(), 1)
+    return (_ess(sum_G, sq_G) / size_G).sum() / jnp.maximum(live_G.sum(), 1)
 
 
 @functools.partial(

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from drift_jax import sft_examples
+from drift_jax.rollout import supervision
 
 EOT = 99
 
@@ -23,7 +23,7 @@ def _traj():
 
 def test_tokens_follow_the_cache_layout():
     tr = _traj()
-    tokens, turn = sft_examples.trajectory_tokens(
+    tokens, turn = supervision.trajectory_tokens(
         tr["prompt_ids"], [t["response_ids"] for t in tr["turns"]], [t["feedback_ids"] for t in tr["turns"]], EOT
     )
     assert tokens.tolist() == [1, 2, 3, 10, 11, EOT, 50, 51, 12, EOT, 52, 53, 54, 13, 14, EOT]
@@ -31,11 +31,11 @@ def test_tokens_follow_the_cache_layout():
 
 
 @pytest.mark.parametrize(
-    "supervision,scored",
+    "mode,scored",
     [("terminal", [13, 14, EOT]), ("all", [10, 11, EOT, 12, EOT, 13, 14, EOT])],
 )
-def test_mask_covers_exactly_assistant_tokens(supervision, scored):
-    ex = sft_examples.make_example(_traj(), 2.5, end_of_turn=EOT, supervision=supervision)
+def test_mask_covers_exactly_assistant_tokens(mode, scored):
+    ex = supervision.make_example(_traj(), 2.5, end_of_turn=EOT, supervision=mode)
     assert ex["tokens"][ex["loss_mask"] == 1].tolist() == scored
     assert ex["weight"] == np.float32(2.5) and ex["group_id"] == "abc" and ex["example_id"] == "abc/3"
     # no prompt or feedback token is ever a target
@@ -44,19 +44,19 @@ def test_mask_covers_exactly_assistant_tokens(supervision, scored):
 
 def test_single_turn_terminal_equals_all():
     tr = {"problem_id": "p", "sample": 0, "prompt_ids": [1, 2], "turns": [{"response_ids": [7, EOT], "feedback_ids": []}]}
-    a = sft_examples.make_example(tr, 1.0, end_of_turn=EOT, supervision="terminal")
-    b = sft_examples.make_example(tr, 1.0, end_of_turn=EOT, supervision="all")
+    a = supervision.make_example(tr, 1.0, end_of_turn=EOT, supervision="terminal")
+    b = supervision.make_example(tr, 1.0, end_of_turn=EOT, supervision="all")
     np.testing.assert_array_equal(a["loss_mask"], b["loss_mask"])
     assert a["loss_mask"].tolist() == [0, 0, 1, 1]
 
 
 def test_max_length_trims_context_never_targets():
-    ex = sft_examples.make_example(_traj(), 1.0, end_of_turn=EOT, max_length=6)
+    ex = supervision.make_example(_traj(), 1.0, end_of_turn=EOT, max_length=6)
     assert ex["tokens"].tolist() == [52, 53, 54, 13, 14, EOT] and ex["loss_mask"].tolist() == [0, 0, 0, 1, 1, 1]
-    assert sft_examples.make_example(_traj(), 1.0, end_of_turn=EOT, max_length=2) is None
-    assert sft_examples.make_example(_traj(), 1.0, end_of_turn=EOT, supervision="all", max_length=10) is None
+    assert supervision.make_example(_traj(), 1.0, end_of_turn=EOT, max_length=2) is None
+    assert supervision.make_example(_traj(), 1.0, end_of_turn=EOT, supervision="all", max_length=10) is None
 
 
 def test_bad_supervision():
     with pytest.raises(ValueError, match="supervision"):
-        sft_examples.make_example(_traj(), 1.0, end_of_turn=EOT, supervision="first")
+        supervision.make_example(_traj(), 1.0, end_of_turn=EOT, supervision="first")

@@ -4,7 +4,8 @@ Problems are cut into shards of `problems_per_shard` (all K samples of a problem
 is written by process s % num_processes to `rollouts-SSSSS.arrayrecord`, atomically (a temporary
 file renamed when complete), so a re-run skips finished shards and redoes a half-written one with
 identical content: a trajectory's randomness depends only on (seed, problem id, sample, turn).
-Each record is one trajectory (`episodes.run_episodes`) plus its return.
+Each record is one trajectory (`episodes.run_episodes`); its return is computed where it is used
+(`returns.record_return`), so a change of the return coefficients reuses the rollouts.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import jax
 import msgpack
 import tqdm
 
-from drift_jax import episodes, returns
-from drift_jax.envs import ChatFormat, Problem, normalize_answer
-from drift_jax.model import ModelConfig, Params
+from drift_jax.envs import ChatFormat, Problem
+from drift_jax.lm.model import ModelConfig, Params
+from drift_jax.rollout import episodes
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 class RolloutConfig:
     num_samples: int = 16  # K trajectories per problem
     episode: episodes.EpisodeConfig = episodes.EpisodeConfig(temperature=1.0)
-    returns: returns.ReturnConfig = returns.ReturnConfig()
     problems_per_shard: int = 64
     rows_per_batch: int = 256  # trajectories in flight together
     seed: int = 0
@@ -40,16 +40,6 @@ class RolloutConfig:
 
 def shard_path(out_dir: str, shard: int) -> str:
     return os.path.join(out_dir, f"rollouts-{shard:05d}.arrayrecord")
-
-
-def trajectory_return(record: dict[str, Any], config: returns.ReturnConfig) -> float:
-    turns = record["turns"]
-    return float(returns.trajectory_return(
-        [t["reward"] for t in turns],
-        [normalize_answer(t["answer"]) for t in turns],
-        [t["format_ok"] for t in turns],
-        config,
-    ))
 
 
 def _write_shard(path: str, records: list[dict[str, Any]]) -> None:
@@ -115,7 +105,6 @@ def rollout(
                 seed=config.seed, mesh=mesh, pad_rows_to=config.rows_per_batch,
             )
             for r in out:
-                r["return"] = trajectory_return(r, config.returns)
                 stats["solved"] += r["solved_turn"] > 0
                 stats["tokens"] += sum(len(t["response_ids"]) for t in r["turns"])
             records += out

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from drift_jax import data, sharding
+from drift_jax.lm import sharding
+from drift_jax.train import batches
 
 
 def make_examples(n=30, vocab=61, seed=0, min_len=5, max_len=20):
@@ -23,8 +24,8 @@ def make_examples(n=30, vocab=61, seed=0, min_len=5, max_len=20):
 def test_arrayrecord_roundtrip(tmp_path):
     examples = make_examples(7)
     path = tmp_path / "ex.arrayrecord"
-    assert data.write_examples(path, examples) == 7
-    source = data.ExampleSource(path)
+    assert batches.write_examples(path, examples) == 7
+    source = batches.ExampleSource(path)
     assert len(source) == 7
     for i in (6, 0, 3):  # random access
         got, want = source[i], examples[i]
@@ -35,8 +36,8 @@ def test_arrayrecord_roundtrip(tmp_path):
 
 def test_packing_layout_and_token_weights():
     examples = make_examples(12)
-    cfg = data.BatchConfig(batch_size=4, seq_len=40, micro_batches=2)
-    b = data.Batcher(data.ExampleSource(examples), cfg)
+    cfg = batches.BatchConfig(batch_size=4, seq_len=40, micro_batches=2)
+    b = batches.Batcher(batches.ExampleSource(examples), cfg)
     batch = b.host_batch(0)
     assert batch["tokens"].shape == (2, 2, 40) and batch["row_weight"].shape == (2, 2)
     rows = b.batch_rows(0)
@@ -62,8 +63,8 @@ def test_packing_layout_and_token_weights():
 
 def test_order_is_a_pure_function_of_seed_epoch_step():
     examples = make_examples(40)
-    cfg = data.BatchConfig(batch_size=2, seq_len=32, drop_remainder=False)
-    a, b = data.Batcher(data.ExampleSource(examples), cfg), data.Batcher(data.ExampleSource(examples), cfg)
+    cfg = batches.BatchConfig(batch_size=2, seq_len=32, drop_remainder=False)
+    a, b = batches.Batcher(batches.ExampleSource(examples), cfg), batches.Batcher(batches.ExampleSource(examples), cfg)
     n0 = a.steps_in_epoch(0)
     # A fresh batcher asked for a late step directly (a resume) gives the same batch.
     np.testing.assert_array_equal(b.host_batch(n0 + 1)["tokens"], a.host_batch(n0 + 1)["tokens"])
@@ -73,7 +74,7 @@ def test_order_is_a_pure_function_of_seed_epoch_step():
     assert sorted(epoch0) == list(range(40))
     epoch1 = [i for s in range(n0, n0 + a.steps_in_epoch(1)) for row in a.batch_rows(s) for i in row]
     assert sorted(epoch1) == list(range(40)) and epoch1 != epoch0
-    other = data.Batcher(data.ExampleSource(examples), data.BatchConfig(batch_size=2, seq_len=32, seed=1))
+    other = batches.Batcher(batches.ExampleSource(examples), batches.BatchConfig(batch_size=2, seq_len=32, seed=1))
     assert other.batch_rows(0) != a.batch_rows(0)
 
 
@@ -81,15 +82,15 @@ def test_unpacked_rows_and_dropped_examples():
     examples = make_examples(6)
     examples.append({"tokens": np.arange(50, dtype=np.int32), "loss_mask": np.ones(50, np.int8), "weight": 1.0})
     examples.append({"tokens": np.arange(5, dtype=np.int32), "loss_mask": np.zeros(5, np.int8), "weight": 1.0})
-    b = data.Batcher(data.ExampleSource(examples), data.BatchConfig(batch_size=2, seq_len=24, pack=False))
+    b = batches.Batcher(batches.ExampleSource(examples), batches.BatchConfig(batch_size=2, seq_len=24, pack=False))
     assert len(b.valid) == 6  # too long and nothing-scored are dropped
     assert all(len(row) == 1 for s in range(3) for row in b.batch_rows(s))
 
 
 def test_token_sum_reduction():
     examples = make_examples(4)
-    b = data.Batcher(data.ExampleSource(examples), data.BatchConfig(batch_size=4, seq_len=24, pack=False,
-                                                                   loss_reduction="token_sum"))
+    b = batches.Batcher(batches.ExampleSource(examples), batches.BatchConfig(batch_size=4, seq_len=24, pack=False,
+                                                                             loss_reduction="token_sum"))
     batch = b.host_batch(0)
     for r, ids in enumerate(b.batch_rows(0)):
         w = examples[ids[0]]["weight"]
@@ -98,14 +99,14 @@ def test_token_sum_reduction():
 
 def test_global_batch_on_mesh_equals_host_batch():
     examples = make_examples(40)
-    b = data.Batcher(data.ExampleSource(examples), data.BatchConfig(batch_size=8, seq_len=32, micro_batches=2))
+    b = batches.Batcher(batches.ExampleSource(examples), batches.BatchConfig(batch_size=8, seq_len=32, micro_batches=2))
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     got, want = b.global_batch(1, mesh), b.host_batch(1)
-    for k in data.BATCH_AXES:
+    for k in batches.BATCH_AXES:
         np.testing.assert_array_equal(np.asarray(got[k]), want[k])
     assert got["tokens"].sharding.spec[1] == ("data", "fsdp")
 
 
 def test_bad_config():
     with pytest.raises(ValueError, match="multiple of micro_batches"):
-        data.BatchConfig(batch_size=6, seq_len=8, micro_batches=4)
+        batches.BatchConfig(batch_size=6, seq_len=8, micro_batches=4)

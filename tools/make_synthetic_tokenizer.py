@@ -1,6 +1,6 @@
 """Writes the synthetic task's tokenizer (byte-level BPE, ChatML template) to assets/synthetic_tokenizer.
 
-Run `python -m drift_jax.envs.make_synthetic_tokenizer` after changing the task's text; the files are
+Run `python -m tools.make_synthetic_tokenizer` (from the repository root) after changing the task's text; the files are
 committed so the synthetic task loads through exactly the code path of a Qwen tokenizer directory.
 Byte-level BPE means any text round-trips (a custom feedback message too); digits stay single tokens.
 """
@@ -15,7 +15,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from drift_jax.envs import synthetic
 from drift_jax.envs.records import DEFAULT_FEEDBACK
 
-OUT = pathlib.Path(__file__).resolve().parent.parent / "assets" / "synthetic_tokenizer"
+OUT = pathlib.Path(__file__).resolve().parents[1] / "drift_jax" / "assets" / "synthetic_tokenizer"
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 ADDED = ["<answer>", "</answer>"]
 VOCAB_SIZE = 320

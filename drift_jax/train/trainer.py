@@ -8,7 +8,7 @@ on SIGTERM, and stops with `NonFiniteLossError` (no checkpoint of the bad state)
 
 The jitted step is pure: `train_step(state, batch) -> (state, metrics)`, compiled once by
 `compile_train_step` with shardings from `sharding.RULES` and the state donated. A batch is a dict of
-[M micro-batches, R rows, T] arrays (see `data.py`); gradients of the M micro-batches are summed, each
+[M micro-batches, R rows, T] arrays (see `batches.py`); gradients of the M micro-batches are summed, each
 already divided by the global weight mass, so accumulation and any split across hosts are exact.
 """
 
@@ -30,8 +30,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from drift_jax import checkpoint, data, model, sharding
-from drift_jax.model import ModelConfig, Params
+from drift_jax.lm import model, sharding
+from drift_jax.lm.model import ModelConfig, Params
+from drift_jax.train import batches, checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class TrainConfig:
     pack: bool = True
     epochs: int = 1
     max_steps: int | None = None
-    loss_reduction: data.LossReduction = "token_mean"
+    loss_reduction: batches.LossReduction = "token_mean"
     seed: int = 0
     save_every: int = 100
     keep: int = 3
@@ -62,8 +63,8 @@ class TrainConfig:
     peak_flops_per_device: float | None = None  # for the MFU estimate; None: not reported
     progress_bar: bool = True
 
-    def batch_config(self) -> data.BatchConfig:
-        return data.BatchConfig(
+    def batch_config(self) -> batches.BatchConfig:
+        return batches.BatchConfig(
             batch_size=self.batch_size, seq_len=self.seq_len, micro_batches=self.micro_batches,
             pack=self.pack, seed=self.seed, loss_reduction=self.loss_reduction,
         )
@@ -148,17 +149,22 @@ def sharded_state(params: Params, tx: optax.GradientTransformation, state_sh: Tr
 
 
 def batch_shardings(mesh, shapes: dict[str, tuple[int, ...]]) -> dict[str, NamedSharding]:
-    return {k: sharding.named_sharding(mesh, data.BATCH_AXES[k], shapes[k]) for k in shapes}
+    return {k: sharding.named_sharding(mesh, batches.BATCH_AXES[k], shapes[k]) for k in shapes}
+
+
+def target_logprobs(params: Params, model_config: ModelConfig, mb: dict[str, jax.Array]) -> jax.Array:
+    """log p(target) at every scored position of a packed [R, T] micro-batch, 0 elsewhere: the one
+    definition the loss and online RL's KL estimate share (float32, no [R, T, V] log_softmax)."""
+    logits_BxTxV, _ = model.forward(
+        params, model_config, mb["tokens"], positions_BxT=mb["positions"], segment_ids_BxT=mb["segment_ids"]
+    )
+    target_logit_BxT = jnp.take_along_axis(logits_BxTxV, mb["targets"][..., None], axis=-1)[..., 0]
+    return jnp.where(mb["scored"], target_logit_BxT - jax.nn.logsumexp(logits_BxTxV, axis=-1), 0.0)
 
 
 def weighted_loss(params: Params, model_config: ModelConfig, mb: dict[str, jax.Array], weight_mass: jax.Array):
     """sum over tokens of token_weight * NLL, divided by the GLOBAL weight mass; and metric sums."""
-    logits_BxTxV, _ = model.forward(
-        params, model_config, mb["tokens"], positions_BxT=mb["positions"], segment_ids_BxT=mb["segment_ids"]
-    )
-    target_logit = jnp.take_along_axis(logits_BxTxV, mb["targets"][..., None], axis=-1)[..., 0]
-    nll_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1) - target_logit
-    nll_BxT = jnp.where(mb["scored"], nll_BxT, 0.0)
+    nll_BxT = -target_logprobs(params, model_config, mb)
     loss = jnp.sum(mb["token_weight"] * nll_BxT) / weight_mass
     return loss, {"nll_sum": jnp.sum(nll_BxT)}
 
@@ -257,7 +263,7 @@ class MetricWriter:
 def run(
     config: TrainConfig,
     model_config: ModelConfig,
-    examples: str | Sequence[str] | Sequence[data.Example] | data.ExampleSource,
+    examples: str | Sequence[str] | Sequence[batches.Example] | batches.ExampleSource,
     init_params: Params | Callable[[], Params],
     workdir: str | os.PathLike,
     mesh,
@@ -270,8 +276,8 @@ def run(
     metrics)` is called on the host after each step's metrics are read (step = steps done).
     """
     workdir = os.path.abspath(os.fspath(workdir))
-    source = examples if isinstance(examples, data.ExampleSource) else data.ExampleSource(examples)
-    batcher = data.Batcher(source, config.batch_config())
+    source = examples if isinstance(examples, batches.ExampleSource) else batches.ExampleSource(examples)
+    batcher = batches.Batcher(source, config.batch_config())
     total = config.max_steps if config.max_steps is not None else batcher.total_steps(config.epochs)
     tx = make_optimizer(config, total)
     state_sh = state_shardings(mesh, model_config, tx)

@@ -19,8 +19,8 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from drift_jax import sharding
-from drift_jax.model import ModelConfig, Params, param_logical_axes
+from drift_jax.lm import sharding
+from drift_jax.lm.model import ModelConfig, Params, param_logical_axes
 
 SUPPORTED = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
 _HF_CLASS = {v: k for k, v in SUPPORTED.items()}
@@ -281,7 +281,7 @@ def load_hf(path: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
 
 
 def _abstract_params(config: ModelConfig) -> Params:
-    from drift_jax.model import init_params
+    from drift_jax.lm.model import init_params
 
     return init_params(config, jax.random.key(0))
 

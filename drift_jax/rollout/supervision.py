@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from drift_jax.envs import ChatFormat
+
 Supervision = Literal["terminal", "all"]
 
 
@@ -92,3 +94,25 @@ def make_example(
         "group_id": trajectory["problem_id"],
         "example_id": f"{trajectory['problem_id']}/{trajectory['sample']}",
     }
+
+
+def examples_from_messages(chat: ChatFormat, transcripts, max_length: int) -> list[dict[str, Any]]:
+    """Demonstration chats -> weight-1 examples scoring the last assistant turn (earlier ones are context)."""
+    fb_cache: dict[str, list[int]] = {}
+    out = []
+    for i, msgs in enumerate(transcripts):
+        first_assistant = next(j for j, m in enumerate(msgs) if m["role"] == "assistant")
+        responses, feedbacks = [], []
+        for m in msgs[first_assistant:]:
+            if m["role"] == "assistant":
+                responses.append(chat.encode(m["content"]) + [chat.end_of_turn_id])
+            else:
+                feedbacks.append(fb_cache.setdefault(m["content"], chat.feedback_ids(m["content"])))
+        record = {
+            "problem_id": f"demo{i}", "sample": 0, "prompt_ids": chat.prompt_ids(msgs[:first_assistant]),
+            "turns": [{"response_ids": r, "feedback_ids": f} for r, f in zip(responses, feedbacks + [[]])],
+        }
+        ex = make_example(record, 1.0, end_of_turn=chat.end_of_turn_id, max_length=max_length)
+        if ex is not None:
+            out.append(ex)
+    return out

@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from drift_jax import sharding
-from drift_jax.model import ModelConfig, RMSNorm, apply_rope, rope_inv_freq
+from drift_jax.lm import sharding
+from drift_jax.lm.model import ModelConfig, RMSNorm
+from drift_jax.lm.rope import apply_rope, rope_inv_freq
 
 
 def layer_weights(params, cfg: ModelConfig) -> list[dict]:

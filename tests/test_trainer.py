@@ -8,14 +8,15 @@ import numpy as np
 import optax
 import pytest
 
-from drift_jax import data, model, sharding, train
-from tests.test_data import make_examples
+from drift_jax.lm import model, sharding
+from drift_jax.train import batches, trainer
+from tests.test_batches import make_examples
 
 CFG = model.ModelConfig(
     vocab_size=61, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=48,
     qkv_bias=True,
 )
-TC = train.TrainConfig(lr=1e-2, warmup_steps=0, batch_size=8, seq_len=40, progress_bar=False)
+TC = trainer.TrainConfig(lr=1e-2, warmup_steps=0, batch_size=8, seq_len=40, progress_bar=False)
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +27,14 @@ def params():
 def _step(params, batch, tc=TC, mesh=None, tx=None):
     # SGD with lr 1 makes the parameter change the gradient itself (Adam's first step hides its scale).
     tx = tx or optax.sgd(1.0)
-    state = train.init_state(params, tx)
-    fn = jax.jit(functools.partial(train.train_step, model_config=CFG, tx=tx))
+    state = trainer.init_state(params, tx)
+    fn = jax.jit(functools.partial(trainer.train_step, model_config=CFG, tx=tx))
     if mesh is not None:
-        state_sh = train.state_shardings(mesh, CFG, tx)
-        batch_sh = train.batch_shardings(mesh, {k: v.shape for k, v in batch.items()})
+        state_sh = trainer.state_shardings(mesh, CFG, tx)
+        batch_sh = trainer.batch_shardings(mesh, {k: v.shape for k, v in batch.items()})
         state = jax.device_put(state, state_sh)
         batch = jax.device_put(batch, batch_sh)
-        fn = train.compile_train_step(CFG, tx, mesh, state_sh, batch_sh)
+        fn = trainer.compile_train_step(CFG, tx, mesh, state_sh, batch_sh)
         with jax.set_mesh(mesh):
             return fn(state, batch)
     return fn(state, batch)
@@ -58,7 +59,7 @@ def _reference_loss(params, examples, ids, reduction="token_mean"):
 @pytest.mark.parametrize("reduction", ["token_mean", "token_sum"])
 def test_loss_is_weighted_mean_of_per_example_nll(params, reduction):
     examples = make_examples(30)
-    b = data.Batcher(data.ExampleSource(examples), data.BatchConfig(8, 40, loss_reduction=reduction))
+    b = batches.Batcher(batches.ExampleSource(examples), batches.BatchConfig(8, 40, loss_reduction=reduction))
     _, metrics = _step(params, b.host_batch(0))
     ids = [i for row in b.batch_rows(0) for i in row]
     np.testing.assert_allclose(metrics["loss"], _reference_loss(params, examples, ids, reduction), rtol=1e-5)
@@ -67,9 +68,9 @@ def test_loss_is_weighted_mean_of_per_example_nll(params, reduction):
 
 def test_gradient_accumulation_equals_one_large_batch(params):
     examples = make_examples(30)
-    src = data.ExampleSource(examples)
-    one = data.Batcher(src, data.BatchConfig(8, 40, micro_batches=1)).host_batch(0)
-    four = data.Batcher(src, data.BatchConfig(8, 40, micro_batches=4)).host_batch(0)
+    src = batches.ExampleSource(examples)
+    one = batches.Batcher(src, batches.BatchConfig(8, 40, micro_batches=1)).host_batch(0)
+    four = batches.Batcher(src, batches.BatchConfig(8, 40, micro_batches=4)).host_batch(0)
     s1, m1 = _step(params, one)
     s4, m4 = _step(params, four)
     np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-6)
@@ -80,7 +81,7 @@ def test_gradient_accumulation_equals_one_large_batch(params):
 def test_loss_does_not_depend_on_the_split(params):
     """Rows moved between micro-batches (or hosts: shards of the batch axis) give the same loss/grads."""
     examples = make_examples(30)
-    batch = data.Batcher(data.ExampleSource(examples), data.BatchConfig(8, 40, micro_batches=2)).host_batch(0)
+    batch = batches.Batcher(batches.ExampleSource(examples), batches.BatchConfig(8, 40, micro_batches=2)).host_batch(0)
     _, m_ref = _step(params, batch)
     # Swap rows across micro-batches and shuffle within: uneven weight masses per micro-batch.
     perm = np.random.default_rng(0).permutation(8)
@@ -98,23 +99,23 @@ def test_loss_does_not_depend_on_the_split(params):
 
 def test_zero_weight_batch_is_a_no_op_gradient(params):
     examples = [dict(e, weight=np.float32(0)) for e in make_examples(30)]
-    batch = data.Batcher(data.ExampleSource(examples), data.BatchConfig(8, 40)).host_batch(0)
+    batch = batches.Batcher(batches.ExampleSource(examples), batches.BatchConfig(8, 40)).host_batch(0)
     _, m = _step(params, batch)
     assert float(m["loss"]) == 0.0 and float(m["grad_norm"]) == 0.0
 
 
 def test_weight_decay_skips_norms_and_biases(params):
-    mask = train._decay_mask(params)
+    mask = trainer._decay_mask(params)
     assert mask["layers"]["attn"]["q"] and not mask["layers"]["attn"]["q_bias"]
     assert not mask["final_norm"]["scale"] and mask["embedding"]
 
 
 def test_schedule_warmup_then_cosine():
-    tc = train.TrainConfig(lr=1.0, warmup_steps=10, schedule="cosine", final_lr_ratio=0.1)
-    s = train.lr_schedule(tc, 110)
+    tc = trainer.TrainConfig(lr=1.0, warmup_steps=10, schedule="cosine", final_lr_ratio=0.1)
+    s = trainer.lr_schedule(tc, 110)
     assert float(s(0)) == 0.0 and float(s(5)) == pytest.approx(0.5)
     assert float(s(10)) == pytest.approx(1.0) and float(s(110)) == pytest.approx(0.1)
-    assert float(train.lr_schedule(train.TrainConfig(lr=2.0, warmup_ratio=0.1), 100)(50)) == 2.0
+    assert float(trainer.lr_schedule(trainer.TrainConfig(lr=2.0, warmup_ratio=0.1), 100)(50)) == 2.0
 
 
 def test_run_logs_and_nan_stops_without_overwriting_checkpoint(tmp_path, params):
@@ -122,8 +123,8 @@ def test_run_logs_and_nan_stops_without_overwriting_checkpoint(tmp_path, params)
     mesh = sharding.make_mesh({"data": -1})
     # An absurd learning rate: step 1 is finite, its update blows the params up, step 2's loss is not.
     tc = TC.__class__(**{**TC.__dict__, "lr": 1e30, "save_every": 1, "batch_size": 2})
-    with pytest.raises(train.NonFiniteLossError, match="at step 2.*last good checkpoint is step 1"):
-        train.run(tc, CFG, examples, params, tmp_path, mesh)
+    with pytest.raises(trainer.NonFiniteLossError, match="at step 2.*last good checkpoint is step 1"):
+        trainer.run(tc, CFG, examples, params, tmp_path, mesh)
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [1]
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1]

@@ -1,0 +1,53 @@
+"""multi@k evaluation: greedy multi-turn episodes with the rollouts' template and feedback, on held-out problems.
+
+`evaluate(params, model_config, chat, problems, episode_config)`; its command line is
+`python -m drift_jax.evaluate` (drift_jax/evaluate.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import tqdm
+
+from drift_jax.envs import ChatFormat, Problem
+from drift_jax.evaluation import report
+from drift_jax.lm.model import ModelConfig, Params
+from drift_jax.rollout import episodes
+
+
+def evaluate(
+    params: Params,
+    model_config: ModelConfig,
+    chat: ChatFormat,
+    problems: Sequence[Problem],
+    episode: episodes.EpisodeConfig,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    rows_per_batch: int = 256,
+) -> dict[str, Any]:
+    """multi@1..T, per-turn correction rates, and each problem's first correct turn (0: never)."""
+    if episode.temperature > 0:
+        raise ValueError("evaluation decodes greedily: temperature must be 0")
+    solved: list[int] = []
+    format_ok: list[bool] = []
+    start = time.time()
+    for i in tqdm.trange(0, len(problems), rows_per_batch, desc="eval", unit="batch"):
+        batch = problems[i : i + rows_per_batch]
+        records = episodes.run_episodes(params, model_config, chat, batch, [0] * len(batch), episode, mesh=mesh,
+                                        pad_rows_to=rows_per_batch)
+        solved += [r["solved_turn"] for r in records]
+        format_ok += [t["format_ok"] for r in records for t in r["turns"]]
+    return {
+        **report.multi_at_k(solved, episode.max_turns),
+        "correction_rates": report.correction_rates(solved, episode.max_turns),
+        "num_problems": len(problems),
+        "format_ok_rate": float(np.mean(format_ok)),
+        "problem_ids": [p.id for p in problems],
+        "solved_turns": solved,
+        "seconds": time.time() - start,
+    }
