@@ -49,7 +49,7 @@ def _attend_one(cfg: ModelConfig, p, x_BxD, k_BxKxHxS, v_BxKxSxH, positions_Bx1,
     q = qkv[:, : n * h].reshape(b, 1, n, h)
     kk = qkv[:, n * h : (n + k) * h].reshape(b, 1, k, h)
     vv = qkv[:, (n + k) * h :].reshape(b, k, h)
-    inv_freq = rope_inv_freq(cfg)
+    inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
     q, kk = apply_rope(q, positions_Bx1, inv_freq), apply_rope(kk, positions_Bx1, inv_freq)
     rows_B = jnp.arange(b)
     k_BxKxHxS = k_BxKxHxS.at[rows_B, :, :, write_B].set(kk[:, 0].astype(k_BxKxHxS.dtype), mode="drop")

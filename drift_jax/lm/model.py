@@ -159,7 +159,7 @@ class Attention(nn.Module):
             q = q + _param(self, "q_bias", (n, h), ("heads", "head_dim"), zeros).astype(dt)
             kk = kk + _param(self, "k_bias", (k, h), ("kv_heads", "head_dim"), zeros).astype(dt)
             vv = vv + _param(self, "v_bias", (k, h), ("kv_heads", "head_dim"), zeros).astype(dt)
-        inv_freq = rope_inv_freq(cfg)
+        inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         q = apply_rope(q, step.positions_BxT, inv_freq)
         kk = apply_rope(kk, step.positions_BxT, inv_freq)
         q = constrain(q, ("batch", "length", "act_heads", "head_dim"))

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
 import jax
 import jax.numpy as jnp
 
-if TYPE_CHECKING:
-    from drift_jax.lm.model import ModelConfig
 
-
-def rope_inv_freq(config: ModelConfig) -> jax.Array:
-    h = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
-    scaling = config.rope_scaling
+def rope_inv_freq(head_dim: int, theta: float, scaling: tuple | None) -> jax.Array:
+    """Inverse frequencies of the head_dim / 2 rotary pairs; `scaling` as `ModelConfig.rope_scaling`."""
+    h = head_dim
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
     if scaling is None:
         return inv_freq
     if scaling[0] == "linear":
