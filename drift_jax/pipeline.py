@@ -195,8 +195,8 @@ def stage_weights(cfg, workdir: str, ref_path: str, *, name: str = "drift") -> d
     for rec, wi in zip(records, w):
         if wi <= 0:
             continue
-        ex = supervision.make_example(rec, float(wi), end_of_turn=chat.end_of_turn_id, supervision=d.supervision,
-                                      max_length=cfg.train.seq_len)
+        ex = supervision.make_example(rec, float(wi), end_of_turn=chat.end_of_turn_id, stop_tokens=chat.stop_token_ids,
+                                      supervision=d.supervision, max_length=cfg.train.seq_len)
         if ex is not None:
             examples.append(ex)
     if not examples:

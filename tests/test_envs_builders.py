@@ -81,3 +81,10 @@ def test_unknown_names(tmp_path):
         builder("gsm9k", tmp_path)
     with pytest.raises(ValueError, match="only apply to the synthetic"):
         builder("gsm8k", tmp_path, modulus=5)
+
+
+def test_config_names_spell_every_op():
+    from drift_jax.envs.builders import SyntheticConfig
+
+    names = {SyntheticConfig.named(ops=ops, modulus=None).name for ops in [("max",), ("+",), ("+", "-", "*")]}
+    assert len(names) == 3 and any(n.endswith("_max_s0_20000x500") for n in names)

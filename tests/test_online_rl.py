@@ -154,3 +154,18 @@ def test_stop_rule_past_the_budget():
     assert not stop(progress(101, [0.4, 0.45, 0.5]))  # still rising: one more stretch
     assert not stop(progress(101, [0.4, 0.3], iteration=25))  # between curve points: decided at the next one
     assert stop(progress(201, [0.4, 0.45, 0.5]))  # the hard limit
+
+
+def test_learning_rate_reaches_its_value_after_warmup_whatever_the_budget():
+    # warmup_ratio is of max_iterations; lr 1e-3 is reached at step 10 of 100 and then stays.
+    cfg, total = online_rl._constant_schedule(trainer.TrainConfig(lr=1e-3, warmup_ratio=0.1),
+                                              online_rl.OnlineRLConfig(max_iterations=100))
+    schedule = trainer.lr_schedule(cfg, total)
+    assert float(schedule(5)) == pytest.approx(5e-4) and float(schedule(10)) == pytest.approx(1e-3)
+    assert float(schedule(10_000)) == pytest.approx(1e-3)
+    cfg, total = online_rl._constant_schedule(trainer.TrainConfig(lr=1e-3, warmup_steps=5), online_rl.OnlineRLConfig())
+    assert float(trainer.lr_schedule(cfg, total)(5)) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="warmup_ratio needs max_iterations"):
+        online_rl._constant_schedule(trainer.TrainConfig(warmup_ratio=0.1), online_rl.OnlineRLConfig())
+    with pytest.raises(ValueError, match="schedule must be 'constant'"):
+        online_rl._constant_schedule(trainer.TrainConfig(schedule="cosine", warmup_steps=0), online_rl.OnlineRLConfig())

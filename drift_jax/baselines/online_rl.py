@@ -101,18 +101,34 @@ def sequence_logprobs(params: Params, model_config: ModelConfig, batcher: batche
     return out
 
 
-def rl_example(record: dict[str, Any], end_of_turn: int) -> dict[str, Any]:
+def rl_example(record: dict[str, Any], end_of_turn: int, stop_tokens: Sequence[int] = ()) -> dict[str, Any]:
     """A trajectory as a training example that scores exactly the sampled tokens: every assistant turn,
     but not the end-of-turn token closing a turn cut at max_new_tokens (the policy never chose it)."""
     responses = [t["response_ids"] for t in record["turns"]]
     tokens, turn_of_token = supervision.trajectory_tokens(
-        record["prompt_ids"], responses, [t["feedback_ids"] for t in record["turns"]], end_of_turn)
+        record["prompt_ids"], responses, [t["feedback_ids"] for t in record["turns"]], end_of_turn, stop_tokens)
     mask = turn_of_token > 0
     for t, response in enumerate(responses, start=1):
-        if not response or response[-1] != end_of_turn:  # closed by trajectory_tokens: unscore it
+        if not supervision.is_closed(response, end_of_turn, stop_tokens):  # closed by trajectory_tokens: unscore it
             mask[np.flatnonzero(turn_of_token == t)[-1]] = False
     return {"tokens": tokens, "loss_mask": mask.astype(np.int8), "weight": np.float32(0.0), "mass": np.float32(1.0),
             "group_id": record["problem_id"], "example_id": f"{record['problem_id']}/{record['sample']}"}
+
+
+def _constant_schedule(train_config: trainer.TrainConfig, config: OnlineRLConfig) -> tuple[trainer.TrainConfig, int]:
+    """(train config, total steps) for a run whose length the budget decides: a constant learning rate
+    after `warmup_steps`, or after `warmup_ratio` of `max_iterations` when that is set. A ratio of an
+    unknown length would be a ratio of a placeholder (it once left the lr near zero for 2^30 steps)."""
+    if train_config.schedule != "constant":
+        raise ValueError(f"online RL runs until its budget is spent: schedule must be 'constant', "
+                         f"got {train_config.schedule!r}")
+    warmup = train_config.warmup_steps
+    if warmup is None:
+        if train_config.warmup_ratio > 0 and not config.max_iterations:
+            raise ValueError("online RL: warmup_ratio needs max_iterations (the run's length); set warmup_steps instead")
+        warmup = int(train_config.warmup_ratio * config.max_iterations)
+    total = max(config.max_iterations, warmup + 1)
+    return dataclasses.replace(train_config, warmup_steps=warmup), total
 
 
 def _should_stop(config: OnlineRLConfig, progress: dict[str, Any]) -> bool:
@@ -151,7 +167,7 @@ def run(
     k = config.samples_per_problem
     rows_per_iteration = config.problems_per_iteration * k
     batch_config = dataclasses.replace(train_config.batch_config(), drop_remainder=False)
-    tx = trainer.make_optimizer(train_config, total_steps=1 << 30)  # constant schedule after warmup
+    tx = trainer.make_optimizer(*_constant_schedule(train_config, config))
     state_sh = trainer.state_shardings(mesh, model_config, tx)
     batch_sh = trainer.batch_shardings(mesh, batches.batch_shapes(batch_config))
     step_fn = trainer.compile_train_step(model_config, tx, mesh, state_sh, batch_sh)
@@ -180,7 +196,7 @@ def run(
             sampled = time.perf_counter()
             examples, rec_kept = [], []
             for rec in records:  # whole trajectories only: a cut prompt changes the logprobs
-                ex = rl_example(rec, chat.end_of_turn_id)
+                ex = rl_example(rec, chat.end_of_turn_id, chat.stop_token_ids)
                 if len(ex["tokens"]) <= train_config.seq_len and ex["loss_mask"].any():
                     examples.append(ex)
                     rec_kept.append(rec)

@@ -53,6 +53,9 @@ def _examples(problems: list[Problem]):
         yield p.id, p.to_dict()
 
 
+_OP_NAMES = {"+": "p", "-": "m", "*": "t", "max": "max"}  # every op of synthetic.make_problems
+
+
 @dataclasses.dataclass
 class SyntheticConfig(tfds.core.BuilderConfig):
     """Sizes, seed and difficulty of the synthetic task (see synthetic.make_problems)."""
@@ -69,7 +72,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     def named(cls, **knobs) -> SyntheticConfig:
         """A config whose name spells its knobs, so prepared data of other knobs is never reused."""
         c = cls(name="default", **knobs)
-        ops = "".join({"+": "p", "-": "m", "*": "t"}[o] for o in c.ops)
+        ops = "".join(_OP_NAMES[o] for o in c.ops)
         name = f"o{c.num_operands}_d{c.max_digits}_m{c.modulus}_{ops}_s{c.seed}_{c.num_train}x{c.num_test}"
         return dataclasses.replace(c, name=name)
 

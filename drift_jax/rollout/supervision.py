@@ -29,12 +29,14 @@ def trajectory_tokens(
     responses: Sequence[Sequence[int]],
     feedbacks: Sequence[Sequence[int]],
     end_of_turn: int,
+    stop_tokens: Sequence[int] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """(tokens_T, turn_of_token_T): turn index (1-based) for assistant tokens, 0 for context tokens.
 
-    `responses[t]` may or may not end with `end_of_turn` (a truncated turn does not); one is appended
-    where missing so every assistant turn is closed as the chat template closes it.
-    `feedbacks[t]` follows response t; it has len(responses) - 1 entries (or len(responses), the last ignored).
+    A response that ends with `end_of_turn` or another of the sampler's `stop_tokens` (Llama-3's eos
+    besides its end of turn) is kept as sampled; one that does not (cut at max_new_tokens) is closed
+    with `end_of_turn`, as the episode loop closes it in the cache. `feedbacks[t]` follows response t;
+    it has len(responses) - 1 entries (or len(responses), the last ignored).
     """
     if len(feedbacks) < len(responses) - 1:
         raise ValueError(f"{len(responses)} responses need {len(responses) - 1} feedback messages, got {len(feedbacks)}")
@@ -42,7 +44,7 @@ def trajectory_tokens(
     turn: list[int] = [0] * len(prompt_ids)
     for t, response in enumerate(responses):
         response = list(response)
-        if not response or response[-1] != end_of_turn:
+        if not is_closed(response, end_of_turn, stop_tokens):
             response.append(end_of_turn)
         tokens += response
         turn += [t + 1] * len(response)
@@ -50,6 +52,11 @@ def trajectory_tokens(
             tokens += list(feedbacks[t])
             turn += [0] * len(feedbacks[t])
     return np.asarray(tokens, np.int32), np.asarray(turn, np.int32)
+
+
+def is_closed(response: Sequence[int], end_of_turn: int, stop_tokens: Sequence[int] = ()) -> bool:
+    """Whether the sampler ended this response itself (with a stop token) rather than at max_new_tokens."""
+    return bool(response) and (response[-1] == end_of_turn or response[-1] in stop_tokens)
 
 
 def loss_mask(turn_of_token_T: np.ndarray, supervision: Supervision = "terminal") -> np.ndarray:
@@ -66,27 +73,27 @@ def make_example(
     weight: float,
     *,
     end_of_turn: int,
+    stop_tokens: Sequence[int] = (),
     supervision: Supervision = "terminal",
     max_length: int | None = None,
 ) -> dict[str, Any] | None:
-    """One weighted example from a rollout record (see `rollouts.py`); None if it cannot fit max_length.
+    """One weighted example from a rollout record (see `driver.py`); None if it cannot fit max_length.
 
-    Sequences longer than `max_length` lose context from the left (never scored tokens), so the
-    scored turn is always kept whole; if the scored tokens alone exceed max_length it returns None.
+    A trajectory longer than `max_length` keeps its prompt (the question) and its scored turn, and loses
+    earlier turns whole, oldest first, each with the feedback after it: under "terminal" supervision they
+    are context only. Under "all" they are targets, so nothing is dropped and a trajectory that does not
+    fit gives None, as does one whose prompt and last turn alone exceed max_length.
     """
-    tokens, turn = trajectory_tokens(
-        trajectory["prompt_ids"],
-        [t["response_ids"] for t in trajectory["turns"]],
-        [t["feedback_ids"] for t in trajectory["turns"]],
-        end_of_turn,
-    )
+    prompt = trajectory["prompt_ids"]
+    responses = [t["response_ids"] for t in trajectory["turns"]]
+    feedbacks = [t["feedback_ids"] for t in trajectory["turns"]]
+    for first in range(len(responses) if supervision == "terminal" else 1):
+        tokens, turn = trajectory_tokens(prompt, responses[first:], feedbacks[first:], end_of_turn, stop_tokens)
+        if max_length is None or len(tokens) <= max_length:
+            break
+    else:
+        return None
     mask = loss_mask(turn, supervision)
-    if max_length is not None and len(tokens) > max_length:
-        first_scored = int(np.argmax(mask))
-        cut = len(tokens) - max_length
-        if cut > first_scored:  # would drop a scored token (or its whole context)
-            return None
-        tokens, mask = tokens[cut:], mask[cut:]
     return {
         "tokens": tokens,
         "loss_mask": mask.astype(np.int8),
