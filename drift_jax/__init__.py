@@ -1,12 +1,13 @@
 """drift_jax: DRIFT (decoupled rollouts, importance-weighted fine-tuning) in JAX, one room per pipeline stage.
 
 Rooms in data-flow order (each may import only the rooms above it):
+  runtime/     multi-host start-up, host gathers, one writer, barriers (below everything)
   lm/          the language model: decoder, sharding rules, HF bridge, sampler
   envs/        multi-turn feedback environments: tasks, verifiers, chat template, task files
   rollout/     trajectories from the fixed reference -> returns -> importance weights -> weighted examples
   train/       weighted examples -> packed batches -> the weighted-SFT step and loop, checkpoints
   evaluation/  held-out multi@k and correction rates; results.json, report.md, report.png
   baselines/   SFT, SFT on rollouts, RFT and online multi-turn RL on the same data, sampler and trainer
-Entry points at the top: `pipeline.py` (the cached stages), `main.py` (flags), `evaluate.py` (the
-multi@k command line) and `distributed.py` (multi-host start-up).
+Entry points at the top: `pipeline.py` (the cached stages), `main.py` (flags) and `evaluate.py` (the
+multi@k command line).
 """

@@ -8,7 +8,8 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-from drift_jax import distributed, pipeline
+from drift_jax import pipeline
+from drift_jax.runtime import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<experiment>.py[:args]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where every stage writes; a rerun resumes", required=True)

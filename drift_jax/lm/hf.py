@@ -21,6 +21,7 @@ from safetensors.numpy import save_file
 
 from drift_jax.lm import sharding
 from drift_jax.lm.model import ModelConfig, Params, param_logical_axes
+from drift_jax.runtime import hosts
 
 SUPPORTED = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
 _HF_CLASS = {v: k for k, v in SUPPORTED.items()}
@@ -287,41 +288,67 @@ def _abstract_params(config: ModelConfig) -> Params:
 
 
 def save_hf(config: ModelConfig, params: Params, path: str, *, max_shard_bytes: int = 4 << 30) -> None:
-    """Writes config.json + safetensors (sharded with an index above `max_shard_bytes`)."""
-    os.makedirs(path, exist_ok=True)
-    tensors: dict[str, np.ndarray] = {}
+    """Writes config.json + safetensors (sharded with an index above `max_shard_bytes`).
+
+    Multi-host: every process calls it; each tensor is gathered whole (one at a time, so host memory
+    holds one shard file at most), process 0 alone writes, and all return once the directory is whole.
+    """
     flat = {tuple(k.key for k in kp): x for kp, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-    for key, spec in _layout(config).items():
-        x = np.asarray(jax.device_get(flat[key]))
+    layout = _layout(config)
+    # HF Qwen2 always has q/k/v biases: a bias-free config exports zero ones (the same function).
+    zero_biases = [(f"model.layers.{i}.self_attn.{p}_proj.bias", heads * config.head_dim)
+                   for i in range(config.num_layers)
+                   for p, heads in (("q", config.num_heads), ("k", config.num_kv_heads), ("v", config.num_kv_heads))
+                   ] if config.architecture == "qwen2" and not config.qkv_bias else []
+    bias_dtype = jnp.dtype(next(x.dtype for k, x in flat.items() if k[0] == "layers"))
+    # Plan the files from shapes alone, so each tensor is written as soon as it is gathered.
+    planned: list[tuple[str, int]] = []  # (hf name, bytes) in file order
+    for key, spec in layout.items():
+        x = flat[key]
+        per = int(np.prod(x.shape[1:] if key[0] == "layers" else x.shape)) * jnp.dtype(x.dtype).itemsize
+        names = [spec.hf_name.format(i=i) for i in range(config.num_layers)] if key[0] == "layers" else [spec.hf_name]
+        planned += [(n, per) for n in names]
+    planned += [(name, n * bias_dtype.itemsize) for name, n in zero_biases]
+    file_of, sizes, size = {}, [0], 0
+    for name, nbytes in planned:
+        if size and size + nbytes > max_shard_bytes:
+            sizes.append(0)
+            size = 0
+        file_of[name] = len(sizes) - 1
+        sizes[-1] += nbytes
+        size += nbytes
+    files = (["model.safetensors"] if len(sizes) == 1
+             else [f"model-{n + 1:05d}-of-{len(sizes):05d}.safetensors" for n in range(len(sizes))])
+    writer = hosts.is_writer()
+    if writer:
+        os.makedirs(path, exist_ok=True)
+    pending: dict[str, np.ndarray] = {}
+    done = 0  # files written
+
+    def add(name: str, x: np.ndarray) -> None:
+        nonlocal done
+        pending[name] = np.ascontiguousarray(x)
+        while done < len(files) and all(n in pending for n, _ in planned if file_of[n] == done):
+            shard = {n: pending.pop(n) for n, _ in planned if file_of[n] == done}
+            if writer:
+                save_file(shard, os.path.join(path, files[done]), metadata={"format": "pt"})
+            done += 1
+
+    for key, spec in layout.items():
+        x = hosts.to_host(flat[key])  # collective: every process gathers every tensor
         if key[0] == "layers":
             for i in range(config.num_layers):
-                tensors[spec.hf_name.format(i=i)] = np.ascontiguousarray(_to_hf(x[i], spec))
+                add(spec.hf_name.format(i=i), _to_hf(x[i], spec))
         else:
-            tensors[spec.hf_name] = np.ascontiguousarray(_to_hf(x, spec))
-    if config.architecture == "qwen2" and not config.qkv_bias:
-        # HF Qwen2 always has q/k/v biases: zero ones give the same function.
-        for i in range(config.num_layers):
-            for p, heads in (("q", config.num_heads), ("k", config.num_kv_heads), ("v", config.num_kv_heads)):
-                dtype = tensors[f"model.layers.{i}.self_attn.{p}_proj.weight"].dtype
-                tensors[f"model.layers.{i}.self_attn.{p}_proj.bias"] = np.zeros(heads * config.head_dim, dtype)
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(config_to_hf(config), f, indent=2)
-    shards: list[dict[str, np.ndarray]] = [{}]
-    size = 0
-    for name, x in tensors.items():
-        if size and size + x.nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = x
-        size += x.nbytes
-    if len(shards) == 1:
-        save_file(shards[0], os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
-        return
-    weight_map = {}
-    for n, shard in enumerate(shards):
-        file = f"model-{n + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, os.path.join(path, file), metadata={"format": "pt"})
-        weight_map.update({name: file for name in shard})
-    total = sum(x.nbytes for x in tensors.values())
-    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+            add(spec.hf_name, _to_hf(x, spec))
+    for name, n in zero_biases:
+        add(name, np.zeros(n, bias_dtype))
+    assert done == len(files) and not pending, (done, len(files), sorted(pending))
+    if writer:
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump(config_to_hf(config), f, indent=2)
+        if len(files) > 1:
+            weight_map = {name: files[file_of[name]] for name, _ in planned}
+            with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+                json.dump({"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}, f, indent=2)
+    hosts.barrier(f"save_hf:{path}")
