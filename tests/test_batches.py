@@ -110,3 +110,21 @@ def test_global_batch_on_mesh_equals_host_batch():
 def test_bad_config():
     with pytest.raises(ValueError, match="multiple of micro_batches"):
         batches.BatchConfig(batch_size=6, seq_len=8, micro_batches=4)
+
+
+def test_fingerprint_follows_the_content_not_the_lengths():
+    """A re-weighting (or a changed token or mask) keeps every length but is other data: a resume must refuse it."""
+    config = batches.BatchConfig(batch_size=4, seq_len=40)
+    base = make_examples(12)
+    fp = batches.Batcher(batches.ExampleSource(base), config).fingerprint
+    assert batches.Batcher(batches.ExampleSource(make_examples(12)), config).fingerprint == fp  # deterministic
+    for key, change in (("weight", lambda e: np.float32(e["weight"] * 2)),
+                        ("tokens", lambda e: np.roll(e["tokens"], 1)),
+                        ("loss_mask", lambda e: np.roll(e["loss_mask"], 1))):
+        changed = make_examples(12)
+        changed[5][key] = change(changed[5])
+        assert [len(e["tokens"]) for e in changed] == [len(e["tokens"]) for e in base]
+        assert batches.Batcher(batches.ExampleSource(changed), config).fingerprint != fp, key
+    with_mass = make_examples(12)
+    with_mass[0]["mass"] = np.float32(1.0)
+    assert batches.Batcher(batches.ExampleSource(with_mass), config).fingerprint != fp

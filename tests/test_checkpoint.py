@@ -143,3 +143,55 @@ if __name__ == "__main__":
     # Worker for the kill -9 test: the same run, slowed so the parent can kill it mid-training.
     jax.config.update("jax_default_matmul_precision", "highest")  # as conftest.py
     _run(sys.argv[1], sys.argv[2], on_step=lambda *_: time.sleep(0.3))
+
+
+def _saved_state(tmp_path, cfg=CFG, steps=(3, 6)):
+    tx = trainer.make_optimizer(TC, 10)
+    mesh = sharding.make_mesh({"data": -1})
+    sh = trainer.state_shardings(mesh, cfg, tx)
+    state = trainer.sharded_state(model.init_params(cfg, jax.random.key(0)), tx, sh)
+    ckpt = checkpoint.Checkpointer(tmp_path, async_save=False)
+    for s in steps:
+        ckpt.save(s, state, {"step": s})
+    ckpt.wait()
+    return tx, sh, trainer.abstract_state(cfg, tx, sh)
+
+
+def test_shape_mismatch_is_raised_with_expected_and_found_and_nothing_moved(tmp_path):
+    tx, _, _ = _saved_state(tmp_path)
+    wider = CFG.replace(mlp_dim=64)
+    target = trainer.abstract_state(wider, tx, trainer.state_shardings(sharding.make_mesh({"data": -1}), wider, tx))
+    with pytest.raises(checkpoint.CheckpointMismatchError,
+                       match=r"step 6(.|\n)*params/layers/mlp/gate: expected \(2, 32, 64\) float32, found \(2, 32, 48\)"):
+        checkpoint.Checkpointer(tmp_path).restore_latest(target)
+    assert checkpoint.Checkpointer(tmp_path).all_steps() == [3, 6]  # neither checkpoint moved aside
+    assert not [p for p in os.listdir(tmp_path.parent) if p.startswith("unreadable_checkpoint")]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 12 GiB"),
+                                   ValueError("UNAVAILABLE: storage backend timed out, try again"),
+                                   OSError(5, "Input/output error"), MemoryError()])
+def test_infrastructure_errors_are_raised_and_nothing_moved(tmp_path, monkeypatch, error):
+    _, _, target = _saved_state(tmp_path)
+    ckpt = checkpoint.Checkpointer(tmp_path)
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(ckpt.manager, "restore", fail)
+    with pytest.raises(checkpoint.CheckpointReadError, match="not for a fault of the checkpoint.*left in place"):
+        ckpt.restore_latest(target)
+    assert checkpoint.Checkpointer(tmp_path).all_steps() == [3, 6]
+
+
+def test_partial_latest_checkpoint_is_quarantined(tmp_path, caplog):
+    """A checkpoint missing its data files (a copy cut short) is unreadable: moved aside, the one before restored."""
+    _, _, target = _saved_state(tmp_path / "ckpt")
+    for root, _, files in os.walk(tmp_path / "ckpt" / "6" / "state"):
+        if os.path.basename(root) == "d":
+            for f in files:
+                os.remove(os.path.join(root, f))
+    with caplog.at_level(logging.WARNING):
+        step, _, data = checkpoint.Checkpointer(tmp_path / "ckpt").restore_latest(target)
+    assert step == 3 and data == {"step": 3} and "step 6" in caplog.text
+    assert [p for p in os.listdir(tmp_path) if p.startswith("unreadable_checkpoint_6_")]

@@ -167,13 +167,18 @@ class Batcher:
     def __init__(self, source: ExampleSource, config: BatchConfig):
         self.source, self.config = source, config
         lengths, keep = [], []
+        content = hashlib.sha256()  # what is trained on, not just its lengths: a re-weighting changes it
         for i in range(len(source)):
             e = source[i]
             n = len(e["tokens"])
+            for key in ("tokens", "loss_mask"):
+                content.update(np.ascontiguousarray(e[key], np.int32).tobytes())
+            content.update(np.asarray([e["weight"], e.get("mass", np.nan)], np.float32).tobytes())
             scored = int(np.count_nonzero(np.asarray(e["loss_mask"])[1:]))
             lengths.append(n)
             keep.append(n <= config.seq_len and scored > 0)
         self.lengths = np.asarray(lengths, np.int64)
+        self._content = content.hexdigest()
         self.valid = np.flatnonzero(np.asarray(keep, bool))
         dropped = len(source) - len(self.valid)
         if dropped:
@@ -188,8 +193,9 @@ class Batcher:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the data and batching, so a resume can refuse a different dataset."""
-        h = hashlib.sha256(self.lengths.tobytes())
+        """Identifies the examples (tokens, masks, weights, masses) and the batching, so a resume refuses
+        other data, a re-weighting included."""
+        h = hashlib.sha256(self._content.encode())
         h.update(repr(dataclasses.astuple(self.config)).encode())
         return h.hexdigest()[:16]
 
