@@ -24,8 +24,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from drift_jax import sampling  # noqa: E402
-from drift_jax.lm import hf
+from drift_jax.lm import sampling  # noqa: E402
+from drift_jax.lm import hf  # noqa: E402
 
 BATCH, PROMPT, NEW = 32, 32, 64
 TURNS, FEEDBACK = 4, 16

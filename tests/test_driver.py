@@ -81,12 +81,13 @@ _CHILD = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {tests!r})
     import rollout_fixture as fx
-    from drift_jax.rollout import driver, episodes
-    run = episodes.run_episodes
+    from drift_jax.lm import sampling
+    from drift_jax.rollout import driver
+    chunk = sampling.decode_chunk
     def slow(*a, **k):  # widen the window in which the parent can kill us mid-shard
-        time.sleep(1.0)
-        return run(*a, **k)
-    episodes.run_episodes = slow
+        time.sleep(0.3)
+        return chunk(*a, **k)
+    sampling.decode_chunk = slow
     driver.rollout(fx.params(), fx.CFG, fx.CHAT, fx.problems(), fx.rollout_config(), sys.argv[1])
 """)
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +18,7 @@ import tqdm
 from drift_jax.envs import ChatFormat, Problem
 from drift_jax.evaluation import report
 from drift_jax.lm.model import ModelConfig, Params
+from drift_jax.rollout import engine as engine_lib
 from drift_jax.rollout import episodes
 
 
@@ -29,19 +31,21 @@ def evaluate(
     *,
     mesh: jax.sharding.Mesh | None = None,
     rows_per_batch: int = 256,
+    engine: engine_lib.EngineConfig = engine_lib.EngineConfig(),
 ) -> dict[str, Any]:
-    """multi@1..T, per-turn correction rates, and each problem's first correct turn (0: never)."""
+    """multi@1..T, per-turn correction rates, and each problem's first correct turn (0: never).
+    All problems stream through one run of the rollout engine with `rows_per_batch` rows."""
     if episode.temperature > 0:
         raise ValueError("evaluation decodes greedily: temperature must be 0")
-    solved: list[int] = []
-    format_ok: list[bool] = []
     start = time.time()
-    for i in tqdm.trange(0, len(problems), rows_per_batch, desc="eval", unit="batch"):
-        batch = problems[i : i + rows_per_batch]
-        records = episodes.run_episodes(params, model_config, chat, batch, [0] * len(batch), episode, mesh=mesh,
-                                        pad_rows_to=rows_per_batch)
-        solved += [r["solved_turn"] for r in records]
-        format_ok += [t["format_ok"] for r in records for t in r["turns"]]
+    bar = tqdm.tqdm(total=len(problems), desc="eval", unit="problem")
+    records = episodes.run_episodes(
+        params, model_config, chat, problems, [0] * len(problems), episode, mesh=mesh,
+        engine=dataclasses.replace(engine, rows=rows_per_batch), on_record=lambda i, r: bar.update(1),
+    )
+    bar.close()
+    solved = [r["solved_turn"] for r in records]
+    format_ok = [t["format_ok"] for r in records for t in r["turns"]]
     return {
         **report.multi_at_k(solved, episode.max_turns),
         "correction_rates": report.correction_rates(solved, episode.max_turns),

@@ -1,20 +1,25 @@
-"""Batched multi-turn sampler: ragged prefill, jitted while_loop decode, `extend` for the next turn.
+"""The sampler: the model's own forward with a KV cache, in jitted chunks of decode steps, rows under host control.
 
-The unit the rollout driver holds is a `DecodeState`: the KV cache (sharded by the one rules table)
-plus each row's next-token logits. Three jitted, state-donating calls operate on it:
-  * `extend(params, config, state, tokens_BxT, num_new_B)` appends num_new_B[b] tokens to row b
-    (0 leaves the row untouched); a prefill is an extend of an empty state (`prefill`).
-  * `decode(params, config, state, keys_B, ...)` samples up to `max_new_tokens` per active row in one
-    `lax.while_loop`; every sampled token (the stop token included) is written to the cache, so the
-    next turn is an `extend` with the feedback message, never a re-prefill of the history.
-  * `generate(...)` is the convenience API over lists of token ids.
-Row b's i-th token of a decode call is drawn with `fold_in(keys_B[b], i)`, so a row's sample does not
-depend on the other rows in the batch or on the mesh. Reported log-probabilities are the model's own
+One forward: a decode step is `model.forward` on one token per row (the layer code training runs), so the
+sampler's log-probabilities are the training path's. Three jitted, state-donating calls, with shapes
+fixed by the caller (rows B, cache length S, prompt buckets), so a stage compiles each once:
+  * `extend(params, config, state, tokens_BxT, num_new_B)` appends num_new_B[b] tokens to row b;
+    `prefill` is an extend of an empty state.
+  * `refill(...)` prefills a few prompts into a small scratch cache and copies each prompt's rows into
+    the destination rows of the big state: the K samples of a problem share one prefill.
+  * `decode_chunk(params, config, state, rows, ...)` runs up to N steps. Row b is a small state machine
+    (`Rows`): it samples turn t up to a stop token or its budget, then (if t is not its last turn)
+    feeds the forced tokens (end of turn when it was cut, then the feedback) and samples turn t+1, with
+    no host round trip. The host reads the `Chunk`, verifies ended turns, releases and refills rows.
+Token i of turn t of a row is drawn with fold_in(fold_in(row key, t), i), so a row's tokens depend on
+neither the other rows, nor the batch size, nor the mesh. Log-probabilities are the model's own
 (log_softmax of the raw logits), independent of temperature / top-k / top-p.
+`decode` and `generate` are the one-turn convenience API over the same chunk.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -26,11 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from drift_jax.lm import decode_step, sharding
-from drift_jax.lm.model import CACHE_LOGICAL, Cache, ModelConfig, Params, forward, init_cache
+from drift_jax.lm import sharding
+from drift_jax.lm.model import CACHE_LOGICAL, Cache, ModelConfig, Params, forward, init_cache, param_logical_axes
 from drift_jax.lm.sample import Sampling, sample_tokens
 
-BUCKET = 16  # prompt / cache lengths are rounded up to this to limit recompiles
+BUCKET = 16  # extend lengths are rounded up to this to limit recompiles
+RULES = sharding.ROLLOUT_RULES  # the sampler's layout: parameters never split over fsdp
+TRACES: collections.Counter = collections.Counter()  # programs traced (= compiled) per kind, for tests
 
 
 @flax.struct.dataclass
@@ -45,34 +52,48 @@ STATE_LOGICAL = DecodeState(cache=CACHE_LOGICAL, logits_BxV=("batch", "act_vocab
 
 
 @flax.struct.dataclass
-class Decoded:
-    """One decode call's output. Row b's tokens are tokens_BxN[b, :num_tokens_B[b]]."""
+class Rows:
+    """Per-row control of the decode loop; the host owns it between chunks (numpy or device arrays)."""
 
-    tokens_BxN: jax.Array  # int32, pad_id after a row stopped
-    logprobs_BxN: jax.Array  # float32, 0 after a row stopped
-    num_tokens_B: jax.Array  # int32
-    finished_B: jax.Array  # bool: ended with a stop token
-    truncated_B: jax.Array  # bool: the cache filled up before a stop token or max_new_tokens
-
-
-@dataclasses.dataclass
-class Generation:
-    """Host-side result of `generate`, one entry per prompt."""
-
-    tokens: list[list[int]]  # new tokens up to and including the first stop token
-    logprobs: list[list[float]]
-    finished: list[bool]  # ended with a stop token
-    truncated: list[bool]  # ran out of cache (never silently cut)
+    key_Bx2: jax.Array  # uint32 key data of the row's episode (threefry)
+    turn_B: jax.Array  # int32, 1-based turn being sampled (or to be sampled after the forced tokens)
+    last_turn_B: jax.Array  # int32: the row stops when this turn ends
+    index_B: jax.Array  # int32, tokens sampled in this turn so far
+    forced_B: jax.Array  # int32, next position in the forced sequence; >= its length: none pending
+    active_B: jax.Array  # bool
+    budget_BxU: jax.Array  # int32, new tokens allowed in turn u+1
 
 
-# ----------------------------------------------------------------------------- sharding helpers
+@flax.struct.dataclass
+class Chunk:
+    """One chunk's output. Step j of row b sampled tokens_BxN[b, j] of turn turns_BxN[b, j] (0: no token)."""
+
+    tokens_BxN: jax.Array  # int32, -1 where nothing was sampled
+    logprobs_BxN: jax.Array  # float32
+    turns_BxN: jax.Array  # int32
+    ends_BxN: jax.Array  # int32: 1 the turn ended with a stop token, 2 it hit its budget, 0 it goes on
+    overflow_B: jax.Array  # bool: the row's cache filled up while it was active (row stopped)
+    steps: jax.Array  # int32, steps run (< N when every row stopped early)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Static part of a decode chunk: the sampling rule, the forced sequence and the chunk length."""
+
+    sampling: Sampling
+    forced: tuple[int, ...] = (0,)  # end-of-turn token, then the feedback tokens
+    steps: int = 32
+
+
+# ----------------------------------------------------------------------------- layout
 
 
 def _shardings(mesh: Mesh | None, logical, abstract):
     if mesh is None:
         return None
     specs = jax.tree.map(lambda n: PartitionSpec(*n), logical, is_leaf=lambda n: isinstance(n, tuple))
-    return sharding.tree_shardings(mesh, specs, abstract)
+    with sharding.use_rules(RULES):
+        return sharding.tree_shardings(mesh, specs, abstract)
 
 
 def _state_shardings(mesh: Mesh | None, config: ModelConfig, batch: int, max_length: int):
@@ -80,25 +101,50 @@ def _state_shardings(mesh: Mesh | None, config: ModelConfig, batch: int, max_len
     return _shardings(mesh, STATE_LOGICAL, abstract)
 
 
+def _rows(mesh: Mesh | None, shape) -> jax.sharding.Sharding | None:
+    """Row-sharded (a scalar: replicated)."""
+    if mesh is None:
+        return None
+    names = ("batch",) + (None,) * (len(shape) - 1) if shape else ()
+    with sharding.use_rules(RULES):
+        return sharding.named_sharding(mesh, names, shape)
+
+
+@contextlib.contextmanager
+def _in_layout(mesh: Mesh | None):
+    with sharding.use_rules(RULES), (jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()):
+        yield
+
+
+def cache_dtype(config: ModelConfig) -> jnp.dtype:
+    """The KV cache is kept in the compute dtype (bf16 when the model computes in bf16)."""
+    return jnp.dtype(config.dtype)
+
+
+def rollout_params(params: Params, config: ModelConfig, mesh: Mesh | None) -> Params:
+    """Params resharded once per rollout or eval stage from the training layout to the sampler's
+    (no fsdp split), and cast to the compute dtype (the forward casts every weight to it anyway)."""
+    dt = jnp.dtype(config.dtype)
+    params = jax.tree.map(lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+    if mesh is None:
+        return params
+    logical = param_logical_axes(config)
+    abstract = jax.eval_shape(lambda: params)
+    with sharding.use_rules(RULES):
+        shardings = sharding.tree_shardings(mesh, logical, abstract)
+    return jax.device_put(params, shardings)
+
+
+# ----------------------------------------------------------------------------- state, extend, refill
+
+
 def _empty_state(config: ModelConfig, batch: int, max_length: int) -> DecodeState:
     logits_BxV = jnp.zeros((batch, config.vocab_size), jnp.float32)
-    return DecodeState(init_cache(config, batch, max_length), logits_BxV)
-
-
-def _rows(mesh: Mesh | None, shape) -> jax.sharding.Sharding | None:
-    names = ("batch",) + (None,) * (len(shape) - 1)
-    return None if mesh is None else sharding.named_sharding(mesh, names, shape)
-
-
-def _with_mesh(mesh: Mesh | None):
-    return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
-
-
-# ----------------------------------------------------------------------------- state and extend
+    return DecodeState(init_cache(config, batch, max_length, cache_dtype(config)), logits_BxV)
 
 
 def init_state(config: ModelConfig, batch: int, max_length: int, *, mesh: Mesh | None = None) -> DecodeState:
-    """An empty state, created directly in its shardings (batch over data/fsdp, kv heads over tensor)."""
+    """An empty state, created directly in its shardings (rows over data x fsdp, kv heads over tensor)."""
     return _init_fn(config, mesh, batch, max_length)()
 
 
@@ -112,11 +158,8 @@ def _extend(params, config, state: DecodeState, tokens_BxT, num_new_B):
     cache = state.cache
     overflow_B = cache.lengths_B + num_new_B > cache.max_length
     last_B = jnp.clip(num_new_B - 1, 0, tokens_BxT.shape[1] - 1)
-    last_Bx1xV, cache = forward(
-        params, config, tokens_BxT, cache=cache, num_new_B=num_new_B, logits_at_B=last_B
-    )
-    last_BxV = last_Bx1xV[:, 0]
-    logits_BxV = jnp.where((num_new_B > 0)[:, None], last_BxV, state.logits_BxV)
+    last_Bx1xV, cache = forward(params, config, tokens_BxT, cache=cache, num_new_B=num_new_B, logits_at_B=last_B)
+    logits_BxV = jnp.where((num_new_B > 0)[:, None], last_Bx1xV[:, 0], state.logits_BxV)
     return DecodeState(cache, logits_BxV), overflow_B
 
 
@@ -124,19 +167,11 @@ def _extend(params, config, state: DecodeState, tokens_BxT, num_new_B):
 def _extend_fn(config: ModelConfig, mesh: Mesh | None, batch: int, max_length: int):
     state_sh = _state_shardings(mesh, config, batch, max_length)
     out = None if mesh is None else (state_sh, _rows(mesh, (batch,)))
-    return jax.jit(
-        functools.partial(_extend, config=config), out_shardings=out, donate_argnames="state"
-    )
+    return jax.jit(functools.partial(_extend, config=config), out_shardings=out, donate_argnames="state")
 
 
 def extend(
-    params: Params,
-    config: ModelConfig,
-    state: DecodeState,
-    tokens_BxT: jax.Array | np.ndarray,
-    num_new_B: jax.Array | np.ndarray,
-    *,
-    mesh: Mesh | None = None,
+    params: Params, config: ModelConfig, state: DecodeState, tokens_BxT, num_new_B, *, mesh: Mesh | None = None,
 ) -> tuple[DecodeState, jax.Array]:
     """Appends tokens_BxT[b, :num_new_B[b]] to row b (0: untouched) and refreshes those rows' logits.
 
@@ -145,158 +180,222 @@ def extend(
     """
     b, s = state.cache.lengths_B.shape[0], state.cache.max_length
     tokens_BxT = np.asarray(tokens_BxT, np.int32)
-    # Bucket T so turns of different lengths share compiled code.
     tokens_BxT = np.pad(tokens_BxT, ((0, 0), (0, -tokens_BxT.shape[1] % BUCKET)))
-    tokens_BxT = sharding.put(tokens_BxT, mesh, ("batch", None))
-    num_new_B = sharding.put(np.asarray(num_new_B, np.int32), mesh, ("batch",))
-    with _with_mesh(mesh):
+    with sharding.use_rules(RULES):
+        tokens_BxT = sharding.put(tokens_BxT, mesh, ("batch", None))
+        num_new_B = sharding.put(np.asarray(num_new_B, np.int32), mesh, ("batch",))
+    with _in_layout(mesh):
         return _extend_fn(config, mesh, b, s)(params, state=state, tokens_BxT=tokens_BxT, num_new_B=num_new_B)
 
 
 def prefill(
-    params: Params,
-    config: ModelConfig,
-    tokens_BxT: jax.Array | np.ndarray,
-    lengths_B: jax.Array | np.ndarray,
-    *,
-    max_length: int,
-    mesh: Mesh | None = None,
+    params: Params, config: ModelConfig, tokens_BxT, lengths_B, *, max_length: int, mesh: Mesh | None = None,
 ) -> tuple[DecodeState, jax.Array]:
     """A ragged batch (right-padded tokens, per-row lengths) into a fresh cache of `max_length`."""
-    b, t = np.shape(tokens_BxT)
-    prompt_length = round_up(t, BUCKET)  # as extend pads it
-    if prompt_length >= max_length:
-        state = init_state(config, b, max_length, mesh=mesh)
-        return extend(params, config, state, tokens_BxT, lengths_B, mesh=mesh)
-    # The prompt attends over its own positions only, not over max_length mostly-empty slots; the cache
-    # then grows to max_length with one copy. (No row can overflow: t <= prompt_length < max_length.)
-    state = init_state(config, b, prompt_length, mesh=mesh)
-    state, overflow_B = extend(params, config, state, tokens_BxT, lengths_B, mesh=mesh)
-    with _with_mesh(mesh):
-        return _grow_fn(config, mesh, b, prompt_length, max_length)(state), overflow_B
+    b = np.shape(tokens_BxT)[0]
+    rows = np.arange(b, dtype=np.int32)
+    state = init_state(config, b, max_length, mesh=mesh)
+    return refill(params, config, state, tokens_BxT, lengths_B, rows[:, None], mesh=mesh), jnp.asarray(
+        np.asarray(lengths_B) > max_length)
+
+
+def _refill(params, config, state: DecodeState, tokens_PxT, lengths_P, dst_PxK):
+    """Prefills P prompts over their own T positions (not over S mostly-empty slots), then copies
+    prompt p's cache rows into rows dst_PxK[p] of the state (entries >= B: none)."""
+    TRACES["refill"] += 1
+    p, t = tokens_PxT.shape
+    s = state.cache.max_length
+    scratch = init_cache(config, p, t, state.cache.k_LxBxSxKxH.dtype)
+    last_P = jnp.clip(lengths_P - 1, 0, t - 1)
+    logits_Px1xV, scratch = forward(params, config, tokens_PxT, cache=scratch, num_new_B=lengths_P, logits_at_B=last_P)
+    k = dst_PxK.shape[1]
+    src_M = jnp.repeat(jnp.arange(p), k)
+    dst_M = dst_PxK.reshape(-1)
+    n = min(t, s)
+    c = state.cache
+    k_cache = c.k_LxBxSxKxH.at[:, dst_M, :n].set(scratch.k_LxBxSxKxH[:, src_M, :n], mode="drop")
+    v_cache = c.v_LxBxSxKxH.at[:, dst_M, :n].set(scratch.v_LxBxSxKxH[:, src_M, :n], mode="drop")
+    lengths_B = c.lengths_B.at[dst_M].set(jnp.minimum(lengths_P[src_M], s), mode="drop")
+    logits_BxV = state.logits_BxV.at[dst_M].set(logits_Px1xV[src_M, 0], mode="drop")
+    return DecodeState(Cache(k_cache, v_cache, lengths_B), logits_BxV)
 
 
 @functools.lru_cache(maxsize=64)
-def _grow_fn(config: ModelConfig, mesh: Mesh | None, batch: int, length: int, max_length: int):
-    def grow(state: DecodeState) -> DecodeState:
-        pad = ((0, 0), (0, 0), (0, max_length - length), (0, 0), (0, 0))
-        c = state.cache
-        cache = Cache(jnp.pad(c.k_LxBxSxKxH, pad), jnp.pad(c.v_LxBxSxKxH, pad), c.lengths_B)
-        return DecodeState(cache, state.logits_BxV)
+def _refill_fn(config: ModelConfig, mesh: Mesh | None, batch: int, max_length: int):
+    out = _state_shardings(mesh, config, batch, max_length)
+    return jax.jit(functools.partial(_refill, config=config), out_shardings=out, donate_argnames="state")
 
-    return jax.jit(grow, out_shardings=_state_shardings(mesh, config, batch, max_length))
+
+def refill(
+    params: Params, config: ModelConfig, state: DecodeState, tokens_PxT, lengths_P, dst_PxK, *,
+    mesh: Mesh | None = None,
+) -> DecodeState:
+    """Prefills prompt p (tokens_PxT[p, :lengths_P[p]]) into every row dst_PxK[p, :] (>= B: unused).
+    T is the caller's prompt bucket: one compile per bucket. Donates `state`."""
+    b, s = state.cache.lengths_B.shape[0], state.cache.max_length
+    with _in_layout(mesh):
+        return _refill_fn(config, mesh, b, s)(
+            params, state=state, tokens_PxT=jnp.asarray(tokens_PxT, jnp.int32),
+            lengths_P=jnp.asarray(lengths_P, jnp.int32), dst_PxK=jnp.asarray(dst_PxK, jnp.int32),
+        )
 
 
 # ----------------------------------------------------------------------------- decode
 
 
-def _decode(
-    params, config: ModelConfig, state: DecodeState, keys_B, active_B, *,
-    max_new_tokens: int, sampling: Sampling,
-):
-    b = active_B.shape[0]
+def _decode_chunk(params, config: ModelConfig, state: DecodeState, rows: Rows, *, plan: Plan):
+    TRACES["decode"] += 1  # at trace time: one per compiled program
+    b, n = rows.turn_B.shape[0], plan.steps
     s = state.cache.max_length
-    stops = jnp.asarray(sampling.stop_tokens or (-1,), jnp.int32)
-    full0 = active_B & (state.cache.lengths_B >= s)
-    out = Decoded(
-        tokens_BxN=jnp.full((b, max_new_tokens), sampling.pad_id, jnp.int32),
-        logprobs_BxN=jnp.zeros((b, max_new_tokens), jnp.float32),
-        num_tokens_B=jnp.zeros((b,), jnp.int32),
-        finished_B=jnp.zeros((b,), bool),
-        truncated_B=full0,
+    rule = plan.sampling
+    stops = jnp.asarray(rule.stop_tokens or (-1,), jnp.int32)
+    forced_F = jnp.asarray(plan.forced, jnp.int32)
+    num_forced = len(plan.forced)
+    episode_keys = jax.random.wrap_key_data(rows.key_Bx2)
+    out = Chunk(
+        tokens_BxN=jnp.full((b, n), -1, jnp.int32),
+        logprobs_BxN=jnp.zeros((b, n), jnp.float32),
+        turns_BxN=jnp.zeros((b, n), jnp.int32),
+        ends_BxN=jnp.zeros((b, n), jnp.int32),
+        overflow_B=jnp.zeros((b,), bool),
+        steps=jnp.int32(0),
     )
-    done0 = ~active_B | full0
 
     def cond(carry):
-        i, _, _, done_B = carry
-        return (i < max_new_tokens) & ~jnp.all(done_B)
-
-    # Sliced once here, not on every step (see decode_step).
-    layers = decode_step.layer_weights(params, config)
-    # The loop carries K per layer as [B, K, H, S] and V as [B, K, S, H]: one transpose in and out per
-    # call instead of a multiply-reduce over the [B, S, K, H] layout on every step (~3x slower attention).
-    kc, vc = state.cache.k_LxBxSxKxH, state.cache.v_LxBxSxKxH
-    kv0 = [(jnp.transpose(kc[i], (0, 2, 3, 1)), jnp.swapaxes(vc[i], 1, 2)) for i in range(config.num_layers)]
+        i, _, r, _ = carry
+        return (i < n) & jnp.any(r.active_B)
 
     def body(carry):
-        i, (kv, lengths_B, logits_BxV), out, done_B = carry
-        alive_B = ~done_B
-        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_B, i)
-        tok_B = sample_tokens(logits_BxV, step_keys, sampling)
-        logit_B = jnp.take_along_axis(logits_BxV, tok_B[:, None], axis=1)[:, 0]
-        logp_B = logit_B - jax.nn.logsumexp(logits_BxV, axis=-1)  # no [B, V] log_softmax
-        tok_B = jnp.where(alive_B, tok_B, sampling.pad_id)
-        logp_B = jnp.where(alive_B, logp_B, 0.0)
-        # Every emitted token, the stop token included, goes into the cache for the next turn.
-        alive_int_B = alive_B.astype(jnp.int32)
-        logits_BxV_new, kv = decode_step.step_logits(params, layers, config, tok_B, kv, lengths_B, alive_int_B)
-        lengths_B = jnp.minimum(lengths_B + alive_B, s)
-        logits_BxV = jnp.where(alive_B[:, None], logits_BxV_new, logits_BxV)
-        num_B = out.num_tokens_B + alive_B
-        stopped_B = alive_B & jnp.isin(tok_B, stops)
-        ended_B = stopped_B | (num_B >= max_new_tokens)
-        full_B = alive_B & ~ended_B & (lengths_B >= s)
-        out = Decoded(
-            tokens_BxN=jax.lax.dynamic_update_slice(out.tokens_BxN, tok_B[:, None], (0, i)),
-            logprobs_BxN=jax.lax.dynamic_update_slice(out.logprobs_BxN, logp_B[:, None], (0, i)),
-            num_tokens_B=num_B,
-            finished_B=out.finished_B | stopped_B,
-            truncated_B=out.truncated_B | full_B,
+        i, st, r, out = carry
+        room_B = st.cache.lengths_B < s
+        overflow_B = r.active_B & ~room_B
+        live_B = r.active_B & room_B
+        forcing_B = live_B & (r.forced_B < num_forced)
+        sampling_B = live_B & ~forcing_B
+        turn_keys = jax.vmap(jax.random.fold_in)(episode_keys, r.turn_B)
+        step_keys = jax.vmap(jax.random.fold_in)(turn_keys, r.index_B)
+        sampled_B = sample_tokens(st.logits_BxV, step_keys, rule)
+        logit_B = jnp.take_along_axis(st.logits_BxV, sampled_B[:, None], axis=1)[:, 0]
+        logp_B = logit_B - jax.nn.logsumexp(st.logits_BxV, axis=-1)
+        tok_B = jnp.where(forcing_B, forced_F[jnp.clip(r.forced_B, 0, num_forced - 1)], sampled_B)
+        # Every token, the stop token included, goes into the cache: the next turn extends it.
+        logits_Bx1xV, cache = forward(params, config, tok_B[:, None], cache=st.cache, num_new_B=live_B.astype(jnp.int32))
+        st = DecodeState(cache, jnp.where(live_B[:, None], logits_Bx1xV[:, 0], st.logits_BxV))
+        index_B = r.index_B + sampling_B
+        budget_B = jnp.take_along_axis(r.budget_BxU, jnp.clip(r.turn_B - 1, 0, r.budget_BxU.shape[1] - 1)[:, None], 1)[:, 0]
+        stopped_B = sampling_B & jnp.isin(sampled_B, stops)
+        cut_B = sampling_B & ~stopped_B & (index_B >= budget_B)
+        ended_B = stopped_B | cut_B
+        last_B = r.turn_B >= r.last_turn_B
+        next_B = ended_B & ~last_B
+        r = Rows(
+            key_Bx2=r.key_Bx2,
+            turn_B=r.turn_B + next_B,
+            last_turn_B=r.last_turn_B,
+            index_B=jnp.where(ended_B, 0, index_B),
+            forced_B=jnp.where(forcing_B, r.forced_B + 1, jnp.where(next_B, jnp.where(cut_B, 0, 1), r.forced_B)),
+            active_B=live_B & ~(ended_B & last_B),
+            budget_BxU=r.budget_BxU,
         )
-        return i + 1, (kv, lengths_B, logits_BxV), out, done_B | ended_B | full_B
+        col = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None], (0, i))  # noqa: E731
+        out = Chunk(
+            tokens_BxN=col(out.tokens_BxN, jnp.where(sampling_B, sampled_B, -1)),
+            logprobs_BxN=col(out.logprobs_BxN, jnp.where(sampling_B, logp_B, 0.0)),
+            turns_BxN=col(out.turns_BxN, jnp.where(sampling_B, r.turn_B - next_B, 0)),
+            ends_BxN=col(out.ends_BxN, stopped_B + 2 * cut_B),
+            overflow_B=out.overflow_B | overflow_B,
+            steps=i + 1,
+        )
+        return i + 1, st, r, out
 
-    init = (jnp.int32(0), (kv0, state.cache.lengths_B, state.logits_BxV), out, done0)
-    _, (kv, lengths_B, logits_BxV), out, _ = jax.lax.while_loop(cond, body, init)
-    k_LxBxSxKxH = jnp.transpose(jnp.stack([k for k, _ in kv]), (0, 1, 4, 2, 3))
-    cache = Cache(k_LxBxSxKxH, jnp.swapaxes(jnp.stack([v for _, v in kv]), 2, 3), lengths_B)
-    return DecodeState(cache, logits_BxV), out
+    _, state, rows, out = jax.lax.while_loop(cond, body, (jnp.int32(0), state, rows, out))
+    return state, rows, out
 
 
 @functools.lru_cache(maxsize=64)
-def _decode_fn(
-    config: ModelConfig, mesh: Mesh | None, batch: int, max_length: int,
-    max_new_tokens: int, sampling: Sampling,
-):
-    fn = functools.partial(_decode, config=config, max_new_tokens=max_new_tokens, sampling=sampling)
+def _decode_fn(config: ModelConfig, mesh: Mesh | None, batch: int, max_length: int, turns: int, plan: Plan):
+    fn = functools.partial(_decode_chunk, config=config, plan=plan)
     out = None
     if mesh is not None:
         rows = lambda *shape: _rows(mesh, shape)  # noqa: E731
-        n = max_new_tokens
-        out = (
-            _state_shardings(mesh, config, batch, max_length),
-            Decoded(rows(batch, n), rows(batch, n), rows(batch), rows(batch), rows(batch)),
-        )
-    return jax.jit(fn, out_shardings=out, donate_argnames="state")
+        b, n = batch, plan.steps
+        row_sh = Rows(rows(b, 2), rows(b), rows(b), rows(b), rows(b), rows(b), rows(b, turns))
+        chunk_sh = Chunk(rows(b, n), rows(b, n), rows(b, n), rows(b, n), rows(b), rows())
+        out = (_state_shardings(mesh, config, batch, max_length), row_sh, chunk_sh)
+    return jax.jit(fn, out_shardings=out, donate_argnames=("state", "rows"))
+
+
+def decode_chunk(
+    params: Params, config: ModelConfig, state: DecodeState, rows: Rows, *, plan: Plan, mesh: Mesh | None = None,
+) -> tuple[DecodeState, Rows, Chunk]:
+    """Up to plan.steps decode steps (fewer when every row stops); donates `state` and `rows`."""
+    b, s = state.cache.lengths_B.shape[0], state.cache.max_length
+    if mesh is not None:
+        rows = jax.tree.map(lambda x: jax.device_put(x, _rows(mesh, np.shape(x))), rows)
+    with _in_layout(mesh):
+        fn = _decode_fn(config, mesh, b, s, rows.budget_BxU.shape[1], plan)
+        return fn(params, state=state, rows=rows)
+
+
+def new_rows(keys_B: jax.Array, budget_BxU, *, turn=1, last_turn=None, active_B=None) -> Rows:
+    """Host-side `Rows` for rows that start sampling `turn` now; keys_B are the episodes' keys."""
+    key_Bx2 = np.array(jax.random.key_data(keys_B), np.uint32)
+    b = key_Bx2.shape[0]
+    budget_BxU = np.array(np.broadcast_to(budget_BxU, (b, np.shape(budget_BxU)[-1])), np.int32)
+    full = lambda v: np.array(np.broadcast_to(np.asarray(v, np.int32), (b,)))  # noqa: E731
+    return Rows(
+        key_Bx2=key_Bx2, turn_B=full(turn), last_turn_B=full(turn if last_turn is None else last_turn),
+        index_B=np.zeros(b, np.int32), forced_B=np.full(b, NONE_FORCED, np.int32),
+        active_B=np.ones(b, bool) if active_B is None else np.array(active_B, bool), budget_BxU=budget_BxU,
+    )
+
+
+NONE_FORCED = 1 << 20  # Rows.forced_B of a row with no forced tokens pending
+
+
+# ----------------------------------------------------------------------------- one turn: decode, generate
+
+
+@flax.struct.dataclass
+class Decoded:
+    """One turn's output. Row b's tokens are tokens_BxN[b, :num_tokens_B[b]]."""
+
+    tokens_BxN: jax.Array  # int32, pad_id after a row stopped
+    logprobs_BxN: jax.Array  # float32, 0 after a row stopped
+    num_tokens_B: jax.Array  # int32
+    finished_B: jax.Array  # bool: ended with a stop token
+    truncated_B: jax.Array  # bool: the cache filled up before a stop token or the budget
 
 
 def decode(
-    params: Params,
-    config: ModelConfig,
-    state: DecodeState,
-    keys_B: jax.Array,
-    *,
-    max_new_tokens: int,
-    sampling: Sampling = Sampling(),
-    active_B: jax.Array | np.ndarray | None = None,
-    mesh: Mesh | None = None,
+    params: Params, config: ModelConfig, state: DecodeState, keys_B: jax.Array, *, max_new_tokens: int,
+    sampling: Sampling = Sampling(), active_B=None, turn: int = 1, budget_B=None, mesh: Mesh | None = None,
 ) -> tuple[DecodeState, Decoded]:
-    """Samples up to `max_new_tokens` per active row in one jitted while_loop; donates `state`.
+    """Samples turn `turn` of every active row: up to a stop token, `budget_B` (default max_new_tokens)
+    tokens, or a full cache (`truncated_B`); one chunk of max_new_tokens steps. Donates `state`."""
+    b = state.cache.lengths_B.shape[0]
+    budget = max_new_tokens if budget_B is None else np.minimum(np.asarray(budget_B), max_new_tokens)
+    rows = new_rows(keys_B, np.broadcast_to(budget, (b,))[:, None], turn=turn, active_B=active_B)
+    plan = Plan(sampling, steps=max_new_tokens)
+    state, _, chunk = decode_chunk(params, config, state, rows, plan=plan, mesh=mesh)
+    emitted = chunk.tokens_BxN >= 0
+    return state, Decoded(
+        tokens_BxN=jnp.where(emitted, chunk.tokens_BxN, sampling.pad_id),
+        logprobs_BxN=chunk.logprobs_BxN,
+        num_tokens_B=emitted.sum(1, dtype=jnp.int32),
+        finished_B=(chunk.ends_BxN == 1).any(1),
+        truncated_B=chunk.overflow_B,
+    )
 
-    keys_B: one jax.random key per row (typed key array). Stops when every row has emitted a stop token,
-    reached max_new_tokens, or filled its cache (reported in `Decoded.truncated_B`).
-    """
-    b, s = state.cache.lengths_B.shape[0], state.cache.max_length
-    if active_B is None:
-        active_B = np.ones((b,), bool)
-    active_B = sharding.put(np.asarray(active_B, bool), mesh, ("batch",))
-    if mesh is not None:
-        keys_B = jax.device_put(keys_B, _rows(mesh, keys_B.shape))
-    with _with_mesh(mesh):
-        fn = _decode_fn(config, mesh, b, s, max_new_tokens, sampling)
-        return fn(params, state=state, keys_B=keys_B, active_B=active_B)
 
+@dataclasses.dataclass
+class Generation:
+    """Host-side result of `generate`, one entry per prompt."""
 
-# ----------------------------------------------------------------------------- generate
+    tokens: list[list[int]]  # new tokens up to and including the first stop token
+    logprobs: list[list[float]]
+    finished: list[bool]  # ended with a stop token
+    truncated: list[bool]  # ran out of cache (never silently cut)
 
 
 def round_up(n: int, m: int) -> int:
@@ -308,8 +407,8 @@ def pad_batch(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Right-padded tokens_BxT and lengths_B of a ragged batch, ready for `prefill`.
 
-    B is at least `min_rows` (one shape, one compile, across batches) and a multiple of the data axes;
-    the extra rows hold one pad token and are to be kept inactive. T is rounded up to BUCKET.
+    B is at least `min_rows` and a multiple of the data axes (the extra rows hold one pad token and are
+    to be kept inactive). T is rounded up to BUCKET.
     """
     n = len(prompts)
     row_mult = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
@@ -328,16 +427,8 @@ def row_keys(key: jax.Array, num_rows: int) -> jax.Array:
 
 
 def generate(
-    params: Params,
-    config: ModelConfig,
-    prompts: Sequence[Sequence[int]],
-    *,
-    max_new_tokens: int,
-    key: jax.Array,
-    temperature: float = 0.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    stop_tokens: Sequence[int] = (),
+    params: Params, config: ModelConfig, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, key: jax.Array,
+    temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, stop_tokens: Sequence[int] = (),
     mesh: Mesh | None = None,
 ) -> Generation:
     """Samples a continuation of every prompt (lists of token ids of any lengths); row b's randomness
@@ -350,13 +441,10 @@ def generate(
     tokens, lengths = pad_batch(prompts, mesh=mesh)
     b = len(lengths)
     max_length = round_up(int(lengths.max()) + max_new_tokens, BUCKET)
-    sampling = Sampling(float(temperature), int(top_k), float(top_p), tuple(int(s) for s in stop_tokens))
+    rule = Sampling(float(temperature), int(top_k), float(top_p), tuple(int(s) for s in stop_tokens))
     state, _ = prefill(params, config, tokens, lengths, max_length=max_length, mesh=mesh)
-    active = np.arange(b) < n
-    _, out = decode(
-        params, config, state, row_keys(key, b),
-        max_new_tokens=max_new_tokens, sampling=sampling, active_B=active, mesh=mesh,
-    )
+    _, out = decode(params, config, state, row_keys(key, b), max_new_tokens=max_new_tokens, sampling=rule,
+                    active_B=np.arange(b) < n, mesh=mesh)
     out = jax.device_get(out)
     num = out.num_tokens_B
     return Generation(

@@ -1,8 +1,9 @@
-"""Device mesh and the ONE table that maps logical array axes to mesh axes.
+"""Device mesh and the tables that map logical array axes to mesh axes: one for training, one for rollouts.
 
 Every parameter, activation and KV-cache array in drift_jax is described by logical axis names
 (`embed`, `heads`, ...). `RULES` below maps each name to zero or more mesh axes (`data`, `fsdp`,
-`tensor`). Changing a parallelism strategy means editing `RULES` (or passing `rules=`), nothing else.
+`tensor`) for training; `ROLLOUT_RULES` does so for rollouts and evaluation (`with use_rules(...)`
+makes a table the one in force). Changing a parallelism strategy means editing a table, nothing else.
 
 A logical axis whose size does not divide the product of its mesh axes is replicated instead (e.g. 2
 KV heads on tensor=4), so tiny test models run on any mesh.
@@ -10,6 +11,7 @@ KV heads on tensor=4), so tiny test models run on any mesh.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -41,6 +43,25 @@ RULES: dict[str, tuple[str, ...]] = {
     "act_vocab": ("tensor",),
     "cache_length": (),
 }
+
+# Rollouts and evaluation (the sampler, the KV cache): parameters are NOT split over fsdp, which would
+# all-gather every weight on every decoded token; they stay split over tensor only, and the rows of the
+# batch go over data x fsdp. Activations and the cache are laid out as in training.
+ROLLOUT_RULES: dict[str, tuple[str, ...]] = {**RULES, "embed": ()}
+
+_IN_FORCE: list[Mapping[str, tuple[str, ...]]] = [RULES]
+
+
+@contextlib.contextmanager
+def use_rules(rules: Mapping[str, tuple[str, ...]]):
+    """Makes `rules` the table that `logical_to_spec` (and so `constrain`) uses by default, e.g. the
+    rollout table while tracing the sampler."""
+    _IN_FORCE.append(rules)
+    try:
+        yield rules
+    finally:
+        _IN_FORCE.pop()
+
 
 Logical = Sequence[str | None]
 
@@ -88,7 +109,7 @@ def logical_to_spec(
     rules: Mapping[str, tuple[str, ...]] | None = None,
 ) -> PartitionSpec:
     """Maps logical axis names to a PartitionSpec, replicating dims the mesh does not divide."""
-    rules = RULES if rules is None else rules
+    rules = _IN_FORCE[-1] if rules is None else rules
     used: set[str] = set()
     spec: list[Any] = []
     for i, name in enumerate(names):

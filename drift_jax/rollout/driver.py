@@ -5,17 +5,20 @@ is written by process s % num_processes to `rollouts-SSSSS.arrayrecord`, atomica
 file renamed when complete), so a re-run skips finished shards and redoes a half-written one with
 identical content: a trajectory's randomness depends only on (seed, problem id, sample, turn).
 Each record is one trajectory (`episodes.run_episodes`); its return is computed where it is used
-(`returns.record_return`), so a change of the return coefficients reuses the rollouts.
+(`returns.record_return`), so a change of the return coefficients reuses the rollouts. All of a
+process's missing shards stream through one run of the rollout engine (rows refilled across shard
+boundaries); a shard is written as soon as its last trajectory ends.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import glob
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -24,6 +27,7 @@ import tqdm
 
 from drift_jax.envs import ChatFormat, Problem
 from drift_jax.lm.model import ModelConfig, Params
+from drift_jax.rollout import engine as engine_lib
 from drift_jax.rollout import episodes
 
 log = logging.getLogger(__name__)
@@ -34,8 +38,9 @@ class RolloutConfig:
     num_samples: int = 16  # K trajectories per problem
     episode: episodes.EpisodeConfig = episodes.EpisodeConfig(temperature=1.0)
     problems_per_shard: int = 64
-    rows_per_batch: int = 256  # trajectories in flight together
+    rows_per_batch: int = 256  # trajectories in flight together (the engine's rows)
     seed: int = 0
+    engine: engine_lib.EngineConfig = engine_lib.EngineConfig()  # its `rows` is rows_per_batch
 
 
 def shard_path(out_dir: str, shard: int) -> str:
@@ -64,11 +69,6 @@ def read_rollouts(out_dir: str) -> list[dict[str, Any]]:
     return [msgpack.unpackb(source[i]) for i in range(len(source))]
 
 
-def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 def rollout(
     params: Params,
     model_config: ModelConfig,
@@ -95,24 +95,30 @@ def rollout(
     stats = {"trajectories": 0, "solved": 0, "tokens": 0}
     start = time.time()
     bar = tqdm.tqdm(total=total, desc="rollouts", unit="traj", disable=total == 0)
-    for s in todo:
-        shard_problems = problems[s * config.problems_per_shard : (s + 1) * config.problems_per_shard]
-        rows = [(p, i) for p in shard_problems for i in range(k)]
-        records: list[dict[str, Any]] = []
-        for batch in _batches(rows, config.rows_per_batch):
-            out = episodes.run_episodes(
-                params, model_config, chat, [p for p, _ in batch], [i for _, i in batch], config.episode,
-                seed=config.seed, mesh=mesh, pad_rows_to=config.rows_per_batch,
-            )
-            for r in out:
-                stats["solved"] += r["solved_turn"] > 0
-                stats["tokens"] += sum(len(t["response_ids"]) for t in r["turns"])
-            records += out
-            stats["trajectories"] += len(out)
-            bar.update(len(out))
-            bar.set_postfix(success=f"{stats['solved'] / max(stats['trajectories'], 1):.3f}",
-                            traj_per_s=f"{stats['trajectories'] / (time.time() - start):.1f}")
-        _write_shard(shard_path(out_dir, s), records)
+    rows = [(s, p, i) for s in todo for p in problems[s * config.problems_per_shard : (s + 1) * config.problems_per_shard]
+            for i in range(k)]
+    left = collections.Counter(s for s, _, _ in rows)
+    done: dict[int, dict[str, Any]] = {}
+
+    def on_record(n: int, record: dict[str, Any]) -> None:
+        done[n] = record
+        stats["trajectories"] += 1
+        stats["solved"] += record["solved_turn"] > 0
+        stats["tokens"] += sum(len(t["response_ids"]) for t in record["turns"])
+        bar.update(1)
+        bar.set_postfix(success=f"{stats['solved'] / stats['trajectories']:.3f}",
+                        traj_per_s=f"{stats['trajectories'] / (time.time() - start):.1f}")
+        shard = rows[n][0]
+        left[shard] -= 1
+        if not left[shard]:  # its last trajectory: write the shard, in row order, whole or not at all
+            mine_rows = [m for m, r in enumerate(rows) if r[0] == shard]
+            _write_shard(shard_path(out_dir, shard), [done.pop(m) for m in mine_rows])
+
+    engine = dataclasses.replace(config.engine, rows=config.rows_per_batch)
+    episodes.run_episodes(
+        params, model_config, chat, [p for _, p, _ in rows], [i for _, _, i in rows], config.episode,
+        seed=config.seed, mesh=mesh, engine=engine, on_record=on_record,
+    )
     bar.close()
     stats["seconds"] = time.time() - start
     return stats

@@ -1,0 +1,206 @@
+"""The rollout engine: continuous batching of multi-turn episodes over the sampler's fixed-shape decode chunks.
+
+B rows decode together in jitted chunks of N steps (`sampling.decode_chunk`). A row plays its episode's
+turns on the device without a barrier: after a turn ends it feeds the end-of-turn and feedback tokens
+and samples the next turn at once. Between chunks the host reads the chunk, hands every ended turn to
+the caller's `verify` (which says whether the episode is over: solved, or out of turns), releases the
+rows of finished episodes (tokens a row sampled past its episode's end are dropped) and refills them
+with the next episodes: one prefill per prompt, copied into the rows of its K samples.
+Shapes come from `EngineConfig`, not from the episodes: the decode chunk compiles once per stage, the
+prefill once per prompt bucket. A row's tokens depend only on its episode's key, its history and the
+token index (see `sampling`), so the batch size, the order of refills and the mesh change nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+
+from drift_jax.lm import sampling
+from drift_jax.lm.model import ModelConfig, Params
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """The engine's fixed shapes: rows in flight, steps per chunk, prompt buckets, cache length."""
+
+    rows: int = 256
+    chunk_steps: int = 32
+    prompt_buckets: tuple[int, ...] = (64, 128, 256, 512)
+    cache_length: int = 0  # 0: the longest episode fits (largest bucket + turns x (max_new + forced))
+    prefill_rows: int = 4  # prompts prefilled together
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One episode to play: its prompt, its key (jax key data, uint32[2]), a token budget per turn, and
+    the prompt group (episodes of one group with the same prompt share its prefill)."""
+
+    prompt_ids: tuple[int, ...]
+    key: np.ndarray
+    budgets: tuple[int, ...]
+    group: object = None
+
+
+@dataclasses.dataclass
+class TurnOut:
+    response_ids: list[int]
+    logprobs: list[float]
+    finished: bool  # ended with a stop token (else cut at its budget)
+
+
+@dataclasses.dataclass
+class Stats:
+    chunks: int = 0
+    row_steps: int = 0  # rows x decode steps computed
+    sampled: int = 0  # tokens sampled into turns that were kept
+    prefills: int = 0
+
+
+# verify(job index, turn (1-based), the turn) -> True when the episode is over.
+Verify = Callable[[int, int, TurnOut], bool]
+
+
+def cache_length(cfg: EngineConfig, max_turns: int, max_new_tokens: int, num_forced: int) -> int:
+    if cfg.cache_length:
+        return cfg.cache_length
+    longest = max(cfg.prompt_buckets) + max_turns * max_new_tokens + (max_turns - 1) * num_forced
+    return sampling.round_up(longest, sampling.BUCKET)
+
+
+def run(
+    params: Params,
+    config: ModelConfig,
+    jobs: Sequence[Job],
+    verify: Verify,
+    cfg: EngineConfig,
+    *,
+    rule: sampling.Sampling,
+    forced: Sequence[int],
+    max_new_tokens: int,
+    mesh: jax.sharding.Mesh | None = None,
+) -> Stats:
+    """Plays every job to its end, calling `verify` on each ended turn in the order turns end.
+    `forced`: the end-of-turn token then the feedback tokens (fed before every turn after the first;
+    the end-of-turn token only when the previous turn was cut at its budget). `params` must already be
+    in the sampler's layout (`sampling.rollout_params`)."""
+    stats = Stats()
+    if not jobs:
+        return stats
+    max_turns = max(len(j.budgets) for j in jobs)
+    b = sampling.round_up(cfg.rows, 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"])
+    s = cache_length(cfg, max_turns, max_new_tokens, len(forced))
+    buckets = sorted(cfg.prompt_buckets)
+    for i, j in enumerate(jobs):
+        if len(j.prompt_ids) > buckets[-1]:
+            raise ValueError(f"job {i}: a prompt of {len(j.prompt_ids)} tokens exceeds the largest prompt "
+                             f"bucket {buckets[-1]}; add a bucket to the engine config")
+        need = len(j.prompt_ids) + sum(j.budgets) + (len(j.budgets) - 1) * len(forced)
+        if need > s:
+            raise ValueError(f"job {i} may need {need} cache positions; the engine's cache_length is {s}")
+    group_size = max(collections.Counter(j.group for j in jobs).values()) if jobs[0].group is not None else 1
+    group_size = min(group_size, b)
+    plan = sampling.Plan(rule, tuple(int(t) for t in forced), cfg.chunk_steps)
+
+    state = sampling.init_state(config, b, s, mesh=mesh)
+    idle_keys = jax.random.wrap_key_data(np.zeros((b, 2), np.uint32))
+    rows = sampling.new_rows(idle_keys, np.ones((b, max_turns), np.int32), active_B=np.zeros(b, bool))
+    busy = _Busy(np.full(b, -1), [None] * b, np.zeros(b, np.int32))
+    pending = collections.deque(range(len(jobs)))
+    while pending or (busy.job >= 0).any():
+        free = np.flatnonzero(busy.job < 0)
+        if len(free) and pending:
+            groups = _take(jobs, pending, len(free), group_size)
+            state = _start(params, config, state, rows, busy, jobs, groups, free, cfg, buckets, mesh)
+            stats.prefills += len(groups)
+        state, rows_dev, chunk = sampling.decode_chunk(params, config, state, rows, plan=plan, mesh=mesh)
+        rows, chunk = jax.tree.map(np.array, jax.device_get((rows_dev, chunk)))
+        stats.chunks += 1
+        stats.row_steps += b * int(chunk.steps)
+        if chunk.overflow_B.any():
+            raise RuntimeError("KV cache overflow in the rollout engine: the cache sizing is wrong")
+        stats.sampled += _collect(chunk, rows, busy, jobs, verify)
+    return stats
+
+
+@dataclasses.dataclass
+class _Busy:
+    job: np.ndarray  # job index per row, -1: free
+    turn: list  # the TurnOut each busy row is sampling
+    turn_number: np.ndarray
+
+
+def _take(jobs, pending: collections.deque, n: int, group_size: int) -> list[list[int]]:
+    """The next <= n pending jobs, cut into runs that share a prompt (<= group_size each)."""
+    groups: list[list[int]] = []
+    for _ in range(min(n, len(pending))):
+        j = pending.popleft()
+        last = groups[-1] if groups else None
+        if last and len(last) < group_size and jobs[last[0]].group is not None and \
+                jobs[last[0]].group == jobs[j].group and jobs[last[0]].prompt_ids == jobs[j].prompt_ids:
+            last.append(j)
+        else:
+            groups.append([j])
+    return groups
+
+
+def _start(params, config, state, rows, busy: _Busy, jobs, groups, free, cfg: EngineConfig, buckets, mesh):
+    """Prefills each group's prompt once into the rows of its jobs and sets those rows going."""
+    b, k = len(busy.job), max(len(g) for g in groups)
+    free = list(free)
+    p = cfg.prefill_rows
+    for start in range(0, len(groups), p):
+        part = groups[start : start + p]
+        longest = max(len(jobs[g[0]].prompt_ids) for g in part)
+        t = next(x for x in buckets if x >= longest)
+        tokens = np.zeros((p, t), np.int32)
+        lengths = np.ones(p, np.int32)
+        dst = np.full((p, max(k, 1)), b, np.int32)
+        for i, g in enumerate(part):
+            prompt = jobs[g[0]].prompt_ids
+            tokens[i, : len(prompt)], lengths[i] = prompt, len(prompt)
+            for m, j in enumerate(g):
+                r = free.pop(0)
+                dst[i, m] = r
+                job = jobs[j]
+                rows.key_Bx2[r] = job.key
+                rows.turn_B[r], rows.last_turn_B[r], rows.index_B[r] = 1, len(job.budgets), 0
+                rows.forced_B[r], rows.active_B[r] = sampling.NONE_FORCED, True
+                rows.budget_BxU[r] = 0
+                rows.budget_BxU[r, : len(job.budgets)] = job.budgets
+                busy.job[r], busy.turn[r], busy.turn_number[r] = j, TurnOut([], [], False), 1
+        state = sampling.refill(params, config, state, tokens, lengths, dst, mesh=mesh)
+    return state
+
+
+def _collect(chunk: sampling.Chunk, rows: sampling.Rows, busy: _Busy, jobs, verify: Verify) -> int:
+    """Hands each ended turn to `verify`; releases the rows of finished episodes. Returns the tokens kept."""
+    kept = 0
+    steps = int(chunk.steps)
+    for r in np.flatnonzero(busy.job >= 0):
+        sel = chunk.turns_BxN[r, :steps] > 0
+        toks, logps, ends = (x[r, :steps][sel] for x in (chunk.tokens_BxN, chunk.logprobs_BxN, chunk.ends_BxN))
+        start = 0
+        for e in np.flatnonzero(ends):
+            turn = busy.turn[r]
+            turn.response_ids += toks[start : e + 1].tolist()
+            turn.logprobs += logps[start : e + 1].tolist()
+            turn.finished = bool(ends[e] == 1)
+            start = e + 1
+            kept += len(turn.response_ids)
+            job = busy.job[r]
+            done = verify(int(job), int(busy.turn_number[r]), turn)
+            if done or busy.turn_number[r] >= len(jobs[job].budgets):
+                busy.job[r], busy.turn[r] = -1, None
+                rows.active_B[r] = False  # what it sampled past the episode's end is dropped
+                break
+            busy.turn_number[r] += 1
+            busy.turn[r] = TurnOut([], [], False)
+        else:
+            busy.turn[r].response_ids += toks[start:].tolist()
+            busy.turn[r].logprobs += logps[start:].tolist()
+    return kept
