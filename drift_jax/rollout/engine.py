@@ -204,3 +204,60 @@ def _collect(chunk: sampling.Chunk, rows: sampling.Rows, busy: _Busy, jobs, veri
             busy.turn[r].response_ids += toks[start:].tolist()
             busy.turn[r].logprobs += logps[start:].tolist()
     return kept
+
+
+def run_static(
+    params: Params,
+    config: ModelConfig,
+    jobs: Sequence[Job],
+    verify: Verify,
+    rows: int,
+    *,
+    rule: sampling.Sampling,
+    forced: Sequence[int],
+    max_new_tokens: int,
+    mesh: jax.sharding.Mesh | None = None,
+) -> Stats:
+    """The previous engine, for comparison: `rows` jobs at a time, every turn a barrier (a turn decodes
+    until its longest row ends, then the rows that go on are extended with the forced tokens), the
+    cache sized for the batch's longest prompt. Same jobs, same `verify`, same trajectories as `run`."""
+    stats = Stats()
+    for start in range(0, len(jobs), rows):
+        batch = list(range(start, min(start + rows, len(jobs))))
+        n, turns = len(batch), max(len(jobs[j].budgets) for j in batch)
+        tokens, lengths = sampling.pad_batch([jobs[j].prompt_ids for j in batch], mesh=mesh, min_rows=rows)
+        b = len(lengths)
+        longest = int(lengths.max()) + turns * max_new_tokens + (turns - 1) * len(forced)
+        state, _ = sampling.prefill(params, config, tokens, lengths, max_length=sampling.round_up(longest, sampling.BUCKET),
+                                    mesh=mesh)
+        stats.prefills += n
+        keys = jax.random.wrap_key_data(np.stack([jobs[j].key for j in batch] + [np.zeros(2, np.uint32)] * (b - n)))
+        budget_BxU = np.zeros((b, turns), np.int32)
+        for i, j in enumerate(batch):
+            budget_BxU[i, : len(jobs[j].budgets)] = jobs[j].budgets
+        active = np.arange(b) < n
+        for turn in range(1, turns + 1):
+            state, out = sampling.decode(params, config, state, keys, max_new_tokens=max_new_tokens, sampling=rule,
+                                         active_B=active, turn=turn, budget_B=budget_BxU[:, turn - 1], mesh=mesh)
+            out = jax.device_get(out)
+            if out.truncated_B[active].any():
+                raise RuntimeError("KV cache overflow in the static engine: the cache sizing is wrong")
+            stats.chunks += 1
+            stats.row_steps += b * int(out.num_tokens_B.max())
+            ext = np.zeros((b, len(forced)), np.int32)
+            going_on = np.zeros(b, np.int32)
+            for i in np.flatnonzero(active):
+                num = int(out.num_tokens_B[i])
+                done = verify(batch[i], turn, TurnOut(out.tokens_BxN[i, :num].tolist(),
+                                                      out.logprobs_BxN[i, :num].tolist(), bool(out.finished_B[i])))
+                stats.sampled += num
+                active[i] = not done and turn < len(jobs[batch[i]].budgets)
+                # A turn cut at its budget is closed with the end-of-turn token, as the template would.
+                row = list(forced) if not out.finished_B[i] else list(forced[1:])
+                ext[i, : len(row)], going_on[i] = row, len(row) if active[i] else 0
+            if not active.any():
+                break
+            state, overflow = sampling.extend(params, config, state, ext, going_on, mesh=mesh)
+            if np.asarray(overflow).any():
+                raise RuntimeError("KV cache overflow while appending feedback: the cache sizing is wrong")
+    return stats

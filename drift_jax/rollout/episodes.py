@@ -100,6 +100,7 @@ def run_episodes(
     pad_rows_to: int = 0,
     engine: engine_lib.EngineConfig | None = None,
     on_record: Callable[[int, dict[str, Any]], None] | None = None,
+    static: bool = False,
 ) -> list[dict[str, Any]]:
     """Plays one episode per (problems[i], samples[i]) on the rollout engine; returns one trajectory
     record per row, in order (`on_record(i, record)` is called as soon as episode i ends).
@@ -109,6 +110,7 @@ def run_episodes(
     format_ok, reward, truncated (hit max_new_tokens without ending the turn), feedback_ids (the
     tokens that followed this turn in the cache; empty for the last); plus solved_turn (0: never).
     `engine` fixes the shapes (default: `pad_rows_to` rows, else one row per episode up to 256).
+    `static=True` plays them on the previous engine (`engine.run_static`: a barrier at every turn).
     """
     if len(problems) != len(samples):
         raise ValueError("one sample index per problem row")
@@ -133,11 +135,13 @@ def run_episodes(
             on_record(i, records[i])
         return done
 
-    engine_lib.run(
-        sampling.rollout_params(params, model_config, mesh), model_config, jobs, on_turn, engine,
-        rule=_rule(config, chat), forced=[chat.end_of_turn_id] + list(feedback_ids),
-        max_new_tokens=config.max_new_tokens, mesh=mesh,
-    )
+    kw = dict(rule=_rule(config, chat), forced=[chat.end_of_turn_id] + list(feedback_ids),
+              max_new_tokens=config.max_new_tokens, mesh=mesh)
+    params = sampling.rollout_params(params, model_config, mesh)
+    if static:
+        engine_lib.run_static(params, model_config, jobs, on_turn, engine.rows, **kw)
+    else:
+        engine_lib.run(params, model_config, jobs, on_turn, engine, **kw)
     return records
 
 
@@ -145,71 +149,3 @@ def _rule(config: EpisodeConfig, chat: ChatFormat) -> sampling.Sampling:
     return sampling.Sampling(
         float(config.temperature), int(config.top_k), float(config.top_p), tuple(chat.stop_token_ids), chat.pad_id
     )
-
-
-def run_episodes_static(
-    params: Params,
-    model_config: ModelConfig,
-    chat: ChatFormat,
-    problems: Sequence[Problem],
-    samples: Sequence[int],
-    config: EpisodeConfig,
-    *,
-    seed: int = 0,
-    mesh: jax.sharding.Mesh | None = None,
-    pad_rows_to: int = 0,
-    budgets: Sequence[Sequence[int]] | None = None,
-) -> list[dict[str, Any]]:
-    """The previous engine, as `run_episodes` but all rows of the batch at once with a barrier at every
-    turn: each turn decodes until its longest row ends. `budgets[i][t]`: new tokens allowed in turn
-    t+1 of row i (default max_new_tokens)."""
-    if len(problems) != len(samples):
-        raise ValueError("one sample index per problem row")
-    n = len(problems)
-    if n == 0:
-        return []
-    params = sampling.rollout_params(params, model_config, mesh)
-    prompts = [chat.prompt_ids(m) for m in Env(config.max_turns, config.feedback, config.system_prompt).reset(problems)]
-    feedback_ids = chat.feedback_ids(config.feedback)
-    # Inactive padding rows keep every batch one shape (one compile) and divide the data axes.
-    tokens, lengths = sampling.pad_batch(prompts, mesh=mesh, min_rows=pad_rows_to, pad_id=chat.pad_id)
-    rows = len(lengths)
-    # Size the cache for the longest possible episode: no row can ever overflow it.
-    longest = max(len(p) for p in prompts) + config.max_turns * config.max_new_tokens
-    max_length = sampling.round_up(longest + (config.max_turns - 1) * (len(feedback_ids) + 1), sampling.BUCKET)
-    state, _ = sampling.prefill(params, model_config, tokens, lengths, max_length=max_length, mesh=mesh)
-    keys = episode_keys(seed, [p.id for p in problems] + [""] * (rows - n), list(samples) + [0] * (rows - n))
-    budget_BxU = np.full((rows, config.max_turns), config.max_new_tokens, np.int32)
-    if budgets is not None:
-        budget_BxU[:n] = np.asarray(budgets, np.int32)
-    records = [_record(p, s, prompts[i]) for i, (p, s) in enumerate(zip(problems, samples))]
-    active = np.arange(rows) < n
-    for turn in range(1, config.max_turns + 1):
-        state, out = sampling.decode(
-            params, model_config, state, keys, max_new_tokens=config.max_new_tokens, sampling=_rule(config, chat),
-            active_B=active, turn=turn, budget_B=budget_BxU[:, turn - 1], mesh=mesh,
-        )
-        out = jax.device_get(out)
-        if out.truncated_B[active].any():  # cannot happen with the sizing above; never hide it
-            raise RuntimeError("KV cache overflow in run_episodes: the cache sizing is wrong")
-        ext = np.full((rows, len(feedback_ids) + 1), chat.pad_id, np.int32)
-        going_on = np.zeros(rows, np.int32)
-        for r in np.flatnonzero(active):
-            num = out.num_tokens_B[r]
-            rec, done = _turn(chat, problems[r], out.tokens_BxN[r, :num].tolist(), out.logprobs_BxN[r, :num],
-                              bool(out.finished_B[r]), turn >= config.max_turns, feedback_ids)
-            records[r]["turns"].append(rec)
-            if rec["reward"] > 0 and not records[r]["solved_turn"]:
-                records[r]["solved_turn"] = turn
-            active[r] = not done
-            # A turn cut at its budget has no end-of-turn token yet: close it as the template would
-            # (supervision.trajectory_tokens rebuilds exactly this layout).
-            row_ids = ([chat.end_of_turn_id] if rec["truncated"] else []) + list(feedback_ids)
-            ext[r, : len(row_ids)] = row_ids
-            going_on[r] = 0 if done else len(row_ids)
-        if not active.any():
-            break
-        state, overflow = sampling.extend(params, model_config, state, ext, going_on, mesh=mesh)
-        if np.asarray(overflow).any():
-            raise RuntimeError("KV cache overflow while appending feedback: the cache sizing is wrong")
-    return records
