@@ -113,6 +113,9 @@ class ChatFormat:
 
     def _find_end_of_turn(self) -> tuple[int, str]:
         head = self.render([{"role": "user", "content": _PING}], add_generation_prompt=True)
+        if head == self.render([{"role": "user", "content": _PING}]):
+            raise ValueError("chat template has no generation prompt (add_generation_prompt changes nothing), so "
+                             "no assistant turn can be opened for the model to answer in")
         full = self.render([{"role": "user", "content": _PING}, {"role": "assistant", "content": _PONG}])
         if not full.startswith(head + _PONG):
             raise ValueError("chat template: the generation prompt is not a prefix of the rendered reply")

@@ -148,14 +148,18 @@ class Checkpointer:
 
 
 class PreemptionGuard:
-    """Context manager: SIGTERM sets `.requested` instead of killing, so the loop can save and exit."""
+    """Context manager: SIGTERM sets `.requested` instead of killing, so the loop can save and exit. On exit
+    a signal that arrived is passed on to the Python handler that was in place before (the pipeline's,
+    which stops the run), now that the state is saved."""
 
     def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
         self.signals, self.requested, self._previous = signals, False, {}
+        self._received: list[int] = []
 
     def _handler(self, signum, frame):
         log.warning("received signal %d: saving a checkpoint and stopping", signum)
         self.requested = True
+        self._received.append(signum)
 
     def __enter__(self) -> PreemptionGuard:
         try:
@@ -168,3 +172,6 @@ class PreemptionGuard:
     def __exit__(self, *exc) -> None:
         for s, h in self._previous.items():
             signal.signal(s, h)
+        for s in dict.fromkeys(self._received):
+            if callable(self._previous.get(s)):
+                self._previous[s](s, None)
