@@ -1,6 +1,7 @@
 """Rollout driver: resumable shards, kill -9 then re-run gives each trajectory once and identical,
-sharded equals single-device, multi-process sharding of shards, returns recorded."""
+sharded equals single-device, two real processes split the shards."""
 
+import json
 import os
 import signal
 import subprocess
@@ -68,13 +69,38 @@ def test_batching_and_mesh_do_not_change_trajectories(reference, tmp_path):
             np.testing.assert_allclose(t1["logprobs"], t2["logprobs"], atol=1e-5)
 
 
+_PROCESS = textwrap.dedent("""
+    import json, os, sys
+    sys.path.insert(0, {tests!r})
+    import rollout_fixture as fx
+    from drift_jax.rollout import driver
+    write = driver._write_shard
+    def record(path, records):  # which shards this process wrote
+        print("WROTE", json.dumps(os.path.basename(path)), flush=True)
+        write(path, records)
+    driver._write_shard = record
+    p = int(sys.argv[2])
+    driver.rollout(fx.params(), fx.CFG, fx.CHAT, fx.problems(), fx.rollout_config(), sys.argv[1],
+                   process_index=p, num_processes=2)
+""")
+
+
 def test_processes_split_shards(reference, tmp_path):
+    """Two real processes at once on one output directory: shard s is written by process s % 2 only, and
+    together they give the single-process rollouts."""
     _, _, recs = reference
-    for p in range(2):
-        driver.rollout(fx.params(), fx.CFG, fx.CHAT, fx.problems(), fx.rollout_config(), str(tmp_path),
-                       process_index=p, num_processes=2)
-    assert sorted(os.listdir(tmp_path)) == [f"rollouts-{s:05d}.arrayrecord" for s in range(3)]
-    assert driver.read_rollouts(str(tmp_path)) == recs
+    script = tmp_path / "process.py"
+    script.write_text(_PROCESS.format(tests=os.path.dirname(__file__)))
+    out = tmp_path / "rollouts"
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    procs = [subprocess.Popen([sys.executable, str(script), str(out), str(p)], env=env, stdout=subprocess.PIPE,
+                              text=True) for p in range(2)]
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0]
+    wrote = [sorted(json.loads(line[6:]) for line in o.splitlines() if line.startswith("WROTE ")) for o in outputs]
+    assert wrote == [["rollouts-00000.arrayrecord", "rollouts-00002.arrayrecord"], ["rollouts-00001.arrayrecord"]]
+    assert sorted(os.listdir(out)) == [f"rollouts-{s:05d}.arrayrecord" for s in range(3)]
+    assert driver.read_rollouts(str(out)) == recs
 
 
 _CHILD = textwrap.dedent("""

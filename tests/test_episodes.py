@@ -23,12 +23,18 @@ def test_recorded_logprobs_equal_full_forward_on_rebuilt_tokens():
         )
         logp = jax.nn.log_softmax(model.logits(params, fx.CFG, tokens[None])[0], -1)
         scored = np.asarray(logp)[np.arange(len(tokens) - 1), tokens[1:]]
-        pos = 0
         for t_idx, t in enumerate(r["turns"], start=1):
             idx = np.flatnonzero(turn == t_idx)[: len(t["response_ids"])]
             np.testing.assert_allclose(scored[idx - 1], t["logprobs"], atol=2e-4)
-            pos += 1
-        assert pos == len(r["turns"]) == 3  # a random policy never solves: every episode runs to max_turns
+        # The layout by hand: prompt, then per turn its response (closed by an end of turn if it was cut at
+        # max_new_tokens) and the feedback that followed it.
+        eot, want = fx.CHAT.end_of_turn_id, list(r["prompt_ids"])
+        for t in r["turns"]:
+            assert 1 <= len(t["response_ids"]) <= cfg.max_new_tokens
+            want += t["response_ids"] + ([] if t["response_ids"][-1] == eot else [eot]) + t["feedback_ids"]
+        assert tokens.tolist() == want
+        # An episode stops only at a correct answer or at max_turns: this one was never correct.
+        assert [t["reward"] for t in r["turns"]] == [0.0, 0.0, 0.0]
         assert all(t["feedback_ids"] == fx.CHAT.feedback_ids(cfg.feedback) for t in r["turns"][:-1])
         assert r["turns"][-1]["feedback_ids"] == [] and r["solved_turn"] == 0
 

@@ -61,9 +61,19 @@ def test_ragged_prefill_and_partial_extend(params):
 
 
 def test_cache_overflow_is_clamped_not_wrapped(params):
-    cache = model.init_cache(CFG, 1, 4)
-    _, cache = model.forward(params, CFG, _tokens((1, 6)), cache=cache)
-    assert int(cache.lengths_B[0]) == 4  # positions past the end are dropped; the sampler reports it
+    """Writing 6 tokens into a 4-slot cache keeps exactly the first 4 (positions 4, 5 are dropped, never
+    written over slots 0, 1): the cache equals a 4-token prefill's, and the logits of those 4 tokens equal
+    the full forward's."""
+    toks = _tokens((1, 6))
+    logits, cache = model.forward(params, CFG, toks, cache=model.init_cache(CFG, 1, 4))
+    assert int(cache.lengths_B[0]) == 4  # the sampler reports the overflow
+    _, fits = model.forward(params, CFG, toks[:, :4], cache=model.init_cache(CFG, 1, 4))
+    np.testing.assert_allclose(cache.k_LxBxSxKxH, fits.k_LxBxSxKxH, atol=1e-6)
+    np.testing.assert_allclose(cache.v_LxBxSxKxH, fits.v_LxBxSxKxH, atol=1e-6)
+    np.testing.assert_allclose(logits[:, :4], model.logits(params, CFG, toks[:, :4]), atol=1e-5)
+    # Wrapped writes would have put tokens 4 and 5 in slots 0 and 1: the cache would then differ there.
+    _, wrapped = model.forward(params, CFG, toks[:, 4:], cache=model.init_cache(CFG, 1, 4))
+    assert not np.allclose(cache.k_LxBxSxKxH[:, :, :2], wrapped.k_LxBxSxKxH[:, :, :2], atol=1e-3)
 
 
 def test_packed_segments_equal_separate_sequences(params):

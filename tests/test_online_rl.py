@@ -6,13 +6,14 @@ import json
 import jax
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 
 from drift_jax import envs
 from drift_jax.baselines import online_rl
 from drift_jax.lm import model, sharding
-from drift_jax.rollout import episodes, returns
-from drift_jax.train import batches, trainer
+from drift_jax.rollout import episodes, returns, supervision
+from drift_jax.train import batches, checkpoint, trainer
 from tests.test_batches import make_examples
 
 CFG = model.ModelConfig(
@@ -112,6 +113,36 @@ def _run(tmp_path, max_iterations, evaluated):
                          str(tmp_path), mesh)
 
 
+def _kl_of_iteration(workdir, it):
+    """Mean over iteration it's trajectories of sum over sampled tokens of log pi - log pi_ref, with pi the
+    policy checkpointed after `it` iterations: replays the iteration's sampling, scores with model.logits."""
+    chat, cfg, ref, probs, episode, tc = _loop_setup()
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:2])
+    tx = trainer.make_optimizer(tc, total_steps=1 << 30)
+    target = trainer.abstract_state(cfg, tx, trainer.state_shardings(mesh, cfg, tx))
+    manager = checkpoint.Checkpointer(workdir / "checkpoints").manager
+    policy = manager.restore(it, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                         data=ocp.args.JsonRestore()))["state"].params
+    picked = online_rl.iteration_problems(len(probs), 2, it, seed=0)
+    records = episodes.run_episodes(policy, cfg, chat, [probs[i] for i in picked for _ in range(3)],
+                                    [s for _ in picked for s in range(3)], episode, seed=it + 1, mesh=mesh)
+    kl = []
+    for r in records:
+        tokens, turn = supervision.trajectory_tokens(r["prompt_ids"], [t["response_ids"] for t in r["turns"]],
+                                                     [t["feedback_ids"] for t in r["turns"]], chat.end_of_turn_id)
+        sampled = np.concatenate([np.flatnonzero(turn == t)[: len(x["response_ids"])]
+                                  for t, x in enumerate(r["turns"], start=1)])
+
+        def logp(params, tokens=tokens, sampled=sampled):
+            logits = np.asarray(model.logits(params, cfg, tokens[None])[0], np.float64)
+            logp_TxV = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+                - logits.max(-1, keepdims=True)
+            return logp_TxV[sampled - 1, tokens[sampled]].sum()
+
+        kl.append(logp(policy) - logp(ref))
+    return float(np.mean(kl))
+
+
 def test_loop_trains_logs_and_resumes_exactly(tmp_path):
     calls = []
     full, progress = _run(tmp_path / "full", 3, calls)
@@ -121,12 +152,17 @@ def test_loop_trains_logs_and_resumes_exactly(tmp_path):
     assert len(lines) == 3
     # Iteration 1 samples from the reference itself: the sampler's log pi and the scoring forward's
     # log pi_ref of the same tokens must agree, so the KL estimate is 0 (a token misalignment is not).
-    assert abs(lines[0]["kl"]) < 1e-3 and lines[1]["kl"] != 0
+    assert abs(lines[0]["kl"]) < 1e-3
     _, ref, *_ = _loop_setup()[1:]
     moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), full, ref)
     assert max(jax.tree.leaves(moved)) > 0
     # Stopped after 2 iterations, then resumed to 3: the same parameters as the run that did not stop.
     _run(tmp_path / "split", 2, [])
+    # Iteration 2 samples from the policy after one step: its logged KL equals log pi - log pi_ref of
+    # the sampled tokens, each scored by a full forward of the two models here.
+    split_lines = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert split_lines[1]["kl"] == pytest.approx(_kl_of_iteration(tmp_path / "split", 1), abs=2e-3)
+    assert abs(split_lines[1]["kl"]) > 1e-2  # the policy moved: a test that a KL of 0 would fail
     resumed, progress2 = _run(tmp_path / "split", 3, [])
     assert progress2["iteration"] == 3
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6), resumed, full)
