@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from drift_jax.lm import sampling  # noqa: E402
+from drift_jax.lm import generate, sampling  # noqa: E402
 from drift_jax.lm import hf  # noqa: E402
 
 BATCH, PROMPT, NEW = 32, 32, 64
@@ -97,7 +97,7 @@ def ours_run(params, config, prompts):
     key = jax.random.key(0)
 
     def run():
-        gen = sampling.generate(params, config, prompts, max_new_tokens=NEW, key=key)  # no stop tokens
+        gen = generate.generate(params, config, prompts, max_new_tokens=NEW, key=key)  # no stop tokens
         assert all(len(t) == NEW for t in gen.tokens)
 
     return lambda: _timed(run)

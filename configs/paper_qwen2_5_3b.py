@@ -26,7 +26,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = dict(hf_path="", tokenizer_path="", param_dtype="float32", compute_dtype="bfloat16",
                    remat="save_matmuls", scratch=dict())
     c.rollout = dict(num_problems=1800, num_samples=16, temperature=1.0, top_k=0, top_p=1.0,
-                     rows_per_batch=512, problems_per_shard=64)
+                     rows_per_batch=512, problems_per_shard=64,
+                     engine=dict(chunk_steps=32, prompt_buckets=(128, 256, 512, 1024), cache_length=0, prefill_rows=4))
     c.returns = dict(gamma=0.9, format_penalty=-0.1, repeat_penalty=0.5)
     c.drift = dict(beta=0.1, normalize="group", all_fail="keep", clip=0.0, supervision="terminal")
     c.train = dict(lr=5e-6, warmup_ratio=0.1, schedule="constant", weight_decay=0.1, clip_norm=1.0,
@@ -37,5 +38,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                              clip_norm=1.0, batch_size=256, micro_batches=16, seq_len=4096,
                              loss_reduction="token_sum", progress_bar=False)
     c.eval = dict(task=dict(name="math500", data_dir="/tmp/drift_jax_tfds", manual_dir=""), split="test",
-                  num_problems=0, rows_per_batch=512)
+                  num_problems=0, rows_per_batch=512,
+                  engine=dict(chunk_steps=32, prompt_buckets=(128, 256, 512, 1024), cache_length=0, prefill_rows=32))
     return _args.apply(c, arg)

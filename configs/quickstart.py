@@ -36,8 +36,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                                      knobs=dict(num_operands=2, max_digits=2, modulus=0, ops=("max",))),
                        train=dict(lr=3e-3, warmup_ratio=0.05, schedule="cosine", weight_decay=0.0, clip_norm=1.0,
                                   batch_size=8, seq_len=128, epochs=4, save_every=1000, progress_bar=True))
+    # engine: the rollout engine's fixed shapes (rows = rows_per_batch): decode chunk steps, prompt
+    # buckets (one prefill compile each; prompts here are ~30 tokens), cache length (0: the longest
+    # episode of the largest bucket fits), prompts prefilled together (each into its K samples' rows).
     c.rollout = dict(num_problems=512, num_samples=16, temperature=1.0, top_k=0, top_p=1.0,
-                     rows_per_batch=512, problems_per_shard=128)
+                     rows_per_batch=512, problems_per_shard=128,
+                     engine=dict(chunk_steps=16, prompt_buckets=(32, 64), cache_length=0, prefill_rows=4))
     c.returns = dict(gamma=0.9, format_penalty=-0.1, repeat_penalty=0.5)
     # all_fail="drop": a third of the groups have no success with this weak reference; "keep" (the
     # reference code) would fit their failed attempts with full mass.
@@ -55,5 +59,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                        train=dict(lr=1e-3, warmup_ratio=0.0, warmup_steps=5, schedule="constant", weight_decay=0.0,
                                   clip_norm=1.0, batch_size=128, seq_len=256, loss_reduction="token_sum",
                                   progress_bar=False))
-    c.eval = dict(task=dict(name=""), split="test", num_problems=1000, rows_per_batch=500)  # task: as c.task
+    c.eval = dict(task=dict(name=""), split="test", num_problems=1000, rows_per_batch=500,  # task: as c.task
+                  engine=dict(chunk_steps=16, prompt_buckets=(32, 64), cache_length=0, prefill_rows=32))
     return _args.apply(c, arg)

@@ -32,7 +32,7 @@ from drift_jax import envs
 from drift_jax.baselines import offline, online_rl
 from drift_jax.evaluation import held_out, report
 from drift_jax.lm import hf, model, sharding
-from drift_jax.rollout import driver, episodes, returns, supervision
+from drift_jax.rollout import driver, engine, episodes, returns, supervision
 from drift_jax.rollout.weights import drift_weights, weight_diagnostics
 from drift_jax.train import batches, trainer
 
@@ -88,6 +88,14 @@ def episode_config(cfg: ml_collections.ConfigDict, *, sample: bool) -> episodes.
         temperature=r.temperature if sample else 0.0, top_k=r.top_k if sample else 0,
         top_p=r.top_p if sample else 1.0,
     )
+
+
+def engine_config(section: ml_collections.ConfigDict) -> engine.EngineConfig:
+    """The rollout engine's shapes from a rollout or eval section (its rows are `rows_per_batch`)."""
+    knobs = dict(section.get("engine") or {})
+    if "prompt_buckets" in knobs:
+        knobs["prompt_buckets"] = tuple(knobs["prompt_buckets"])
+    return engine.EngineConfig(rows=section.rows_per_batch, **knobs)
 
 
 def train_config(section: ml_collections.ConfigDict, seed: int) -> trainer.TrainConfig:
@@ -161,6 +169,7 @@ def stage_rollouts(cfg, workdir: str, mesh, ref_path: str) -> dict[str, Any]:
     rc = driver.RolloutConfig(
         num_samples=r.num_samples, episode=episode_config(cfg, sample=True),
         problems_per_shard=r.problems_per_shard, rows_per_batch=r.rows_per_batch, seed=cfg.seed,
+        engine=engine_config(r),
     )
     stats = driver.rollout(params, model_config, chat, problems(cfg, "train", r.num_problems), rc,
                            os.path.join(workdir, "rollouts"), mesh=mesh)
@@ -247,7 +256,7 @@ def stage_online_rl(cfg, workdir: str, mesh, ref_path: str, budget_seconds: floa
 
     def multi_at_max(params) -> float:
         result = held_out.evaluate(params, model_config, chat, test, greedy, mesh=mesh,
-                                   rows_per_batch=cfg.eval.rows_per_batch)
+                                   rows_per_batch=cfg.eval.rows_per_batch, engine=engine_config(cfg.eval))
         return result[f"multi@{cfg.max_turns}"]
 
     out = os.path.join(workdir, "online_rl")
@@ -270,7 +279,7 @@ def eval_problems(cfg) -> list[envs.Problem]:
 def stage_eval(cfg, workdir: str, mesh, policy_path: str, name: str) -> dict[str, Any]:
     model_config, params, chat = load_policy(policy_path, mesh, cfg)
     result = held_out.evaluate(params, model_config, chat, eval_problems(cfg), episode_config(cfg, sample=False),
-                               mesh=mesh, rows_per_batch=cfg.eval.rows_per_batch)
+                               mesh=mesh, rows_per_batch=cfg.eval.rows_per_batch, engine=engine_config(cfg.eval))
     with open(os.path.join(workdir, f"eval_{name}.json"), "w") as f:
         json.dump(result, f, indent=2)
     return {k: v for k, v in result.items() if k.startswith("multi@")}

@@ -7,7 +7,7 @@ import pytest
 import torch
 from tiny_hf import make_tiny_hf
 
-from drift_jax.lm import hf, model, sampling, sharding
+from drift_jax.lm import generate, hf, model, sampling, sharding
 
 CFG = model.ModelConfig(
     vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=48,
@@ -89,7 +89,7 @@ def test_greedy_equals_transformers_ragged(tmp_path, seed):
     stops = (plain[0][4], plain[2][7])
     want = transformers_generate(stops)
     key = jax.random.key(0)
-    got = sampling.generate(hf_params, config, prompts, max_new_tokens=n_new, key=key, stop_tokens=stops)
+    got = generate.generate(hf_params, config, prompts, max_new_tokens=n_new, key=key, stop_tokens=stops)
     assert got.tokens == want
     assert got.finished == [row[-1] in stops for row in want]
     assert not any(got.truncated)
@@ -139,8 +139,8 @@ def test_mesh_of_8_devices_equals_one_device():
     p8 = model.init_sharded(CFG, jax.random.key(9), mesh)
     prompts = _prompts([2, 13, 5, 9, 1, 6], seed=8)  # 6 rows: padded to 8 for the data axis
     kw = dict(max_new_tokens=8, key=jax.random.key(4), temperature=1.0, top_p=0.9, stop_tokens=(3,))
-    one = sampling.generate(p1, CFG, prompts, **kw)
-    eight = sampling.generate(p8, CFG, prompts, mesh=mesh, **kw)
+    one = generate.generate(p1, CFG, prompts, **kw)
+    eight = generate.generate(p8, CFG, prompts, mesh=mesh, **kw)
     assert eight.tokens == one.tokens
     assert eight.finished == one.finished
     for a, b in zip(eight.logprobs, one.logprobs):
@@ -168,12 +168,12 @@ def test_full_cache_is_reported_not_silently_truncated(params):
     _, overflow = sampling.extend(params, CFG, state, np.ones((2, 6), np.int32), [6, 6])
     np.testing.assert_array_equal(overflow, [True, False])
     # generate sizes its cache to fit, so it never truncates.
-    gen = sampling.generate(params, CFG, prompts, max_new_tokens=20, key=jax.random.key(0))
+    gen = generate.generate(params, CFG, prompts, max_new_tokens=20, key=jax.random.key(0))
     assert [len(t) for t in gen.tokens] == [20, 20] and not any(gen.truncated)
 
 
 def test_generate_rejects_bad_inputs(params):
     with pytest.raises(ValueError, match="at least one token"):
-        sampling.generate(params, CFG, [[1, 2], []], max_new_tokens=3, key=jax.random.key(0))
+        generate.generate(params, CFG, [[1, 2], []], max_new_tokens=3, key=jax.random.key(0))
     with pytest.raises(ValueError, match="max_new_tokens"):
-        sampling.generate(params, CFG, [[1]], max_new_tokens=0, key=jax.random.key(0))
+        generate.generate(params, CFG, [[1]], max_new_tokens=0, key=jax.random.key(0))

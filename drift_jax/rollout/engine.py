@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from drift_jax.lm import sampling
+from drift_jax.lm import generate, sampling
 from drift_jax.lm.model import ModelConfig, Params
 
 
@@ -31,7 +31,9 @@ class EngineConfig:
     rows: int = 256
     chunk_steps: int = 32
     prompt_buckets: tuple[int, ...] = (64, 128, 256, 512)
-    cache_length: int = 0  # 0: the longest episode fits (largest bucket + turns x (max_new + forced))
+    # 0: the longest episode from the largest bucket the run's prompts use fits (bucket + turns x
+    # (max_new + forced)): fixed for a stage, at most one cache length per bucket across stages.
+    cache_length: int = 0
     prefill_rows: int = 4  # prompts prefilled together
 
 
@@ -57,19 +59,25 @@ class TurnOut:
 class Stats:
     chunks: int = 0
     row_steps: int = 0  # rows x decode steps computed
-    sampled: int = 0  # tokens sampled into turns that were kept
+    sampled: int = 0  # tokens sampled into the episodes' turns (speculative tokens dropped are not)
+    forced: int = 0  # end-of-turn and feedback tokens fed between turns
     prefills: int = 0
+    steady_row_steps: int = 0  # the same two while episodes were still waiting for a row (no drain)
+    steady_sampled: int = 0
 
 
 # verify(job index, turn (1-based), the turn) -> True when the episode is over.
 Verify = Callable[[int, int, TurnOut], bool]
 
 
-def cache_length(cfg: EngineConfig, max_turns: int, max_new_tokens: int, num_forced: int) -> int:
+def cache_length(cfg: EngineConfig, max_turns: int, max_new_tokens: int, num_forced: int,
+                 bucket: int | None = None) -> int:
+    """The cache length a run uses: cfg.cache_length, else the longest episode from prompt `bucket`
+    (default: the largest) fits."""
     if cfg.cache_length:
         return cfg.cache_length
-    longest = max(cfg.prompt_buckets) + max_turns * max_new_tokens + (max_turns - 1) * num_forced
-    return sampling.round_up(longest, sampling.BUCKET)
+    bucket = max(cfg.prompt_buckets) if bucket is None else bucket
+    return sampling.round_up(bucket + max_turns * max_new_tokens + (max_turns - 1) * num_forced, sampling.BUCKET)
 
 
 def run(
@@ -93,12 +101,13 @@ def run(
         return stats
     max_turns = max(len(j.budgets) for j in jobs)
     b = sampling.round_up(cfg.rows, 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"])
-    s = cache_length(cfg, max_turns, max_new_tokens, len(forced))
     buckets = sorted(cfg.prompt_buckets)
+    longest = max(len(j.prompt_ids) for j in jobs)
+    if longest > buckets[-1]:
+        raise ValueError(f"a prompt of {longest} tokens exceeds the largest prompt bucket {buckets[-1]}; "
+                         f"add a bucket to the engine config")
+    s = cache_length(cfg, max_turns, max_new_tokens, len(forced), next(x for x in buckets if x >= longest))
     for i, j in enumerate(jobs):
-        if len(j.prompt_ids) > buckets[-1]:
-            raise ValueError(f"job {i}: a prompt of {len(j.prompt_ids)} tokens exceeds the largest prompt "
-                             f"bucket {buckets[-1]}; add a bucket to the engine config")
         need = len(j.prompt_ids) + sum(j.budgets) + (len(j.budgets) - 1) * len(forced)
         if need > s:
             raise ValueError(f"job {i} may need {need} cache positions; the engine's cache_length is {s}")
@@ -123,7 +132,12 @@ def run(
         stats.row_steps += b * int(chunk.steps)
         if chunk.overflow_B.any():
             raise RuntimeError("KV cache overflow in the rollout engine: the cache sizing is wrong")
-        stats.sampled += _collect(chunk, rows, busy, jobs, verify)
+        kept, forced_tokens = _collect(chunk, rows, busy, jobs, verify, len(forced))
+        stats.sampled += kept
+        stats.forced += forced_tokens
+        if pending:
+            stats.steady_row_steps += b * int(chunk.steps)
+            stats.steady_sampled += kept
     return stats
 
 
@@ -177,9 +191,10 @@ def _start(params, config, state, rows, busy: _Busy, jobs, groups, free, cfg: En
     return state
 
 
-def _collect(chunk: sampling.Chunk, rows: sampling.Rows, busy: _Busy, jobs, verify: Verify) -> int:
-    """Hands each ended turn to `verify`; releases the rows of finished episodes. Returns the tokens kept."""
-    kept = 0
+def _collect(chunk: sampling.Chunk, rows: sampling.Rows, busy: _Busy, jobs, verify: Verify, num_forced: int):
+    """Hands each ended turn to `verify`; releases the rows of finished episodes. Returns the sampled
+    tokens kept and the forced tokens of the turns that went on."""
+    kept = forced = 0
     steps = int(chunk.steps)
     for r in np.flatnonzero(busy.job >= 0):
         sel = chunk.turns_BxN[r, :steps] > 0
@@ -190,8 +205,8 @@ def _collect(chunk: sampling.Chunk, rows: sampling.Rows, busy: _Busy, jobs, veri
             turn.response_ids += toks[start : e + 1].tolist()
             turn.logprobs += logps[start : e + 1].tolist()
             turn.finished = bool(ends[e] == 1)
+            kept += e + 1 - start
             start = e + 1
-            kept += len(turn.response_ids)
             job = busy.job[r]
             done = verify(int(job), int(busy.turn_number[r]), turn)
             if done or busy.turn_number[r] >= len(jobs[job].budgets):
@@ -200,10 +215,12 @@ def _collect(chunk: sampling.Chunk, rows: sampling.Rows, busy: _Busy, jobs, veri
                 break
             busy.turn_number[r] += 1
             busy.turn[r] = TurnOut([], [], False)
+            forced += num_forced - turn.finished
         else:
             busy.turn[r].response_ids += toks[start:].tolist()
             busy.turn[r].logprobs += logps[start:].tolist()
-    return kept
+            kept += len(toks) - start
+    return kept, forced
 
 
 def run_static(
@@ -225,7 +242,7 @@ def run_static(
     for start in range(0, len(jobs), rows):
         batch = list(range(start, min(start + rows, len(jobs))))
         n, turns = len(batch), max(len(jobs[j].budgets) for j in batch)
-        tokens, lengths = sampling.pad_batch([jobs[j].prompt_ids for j in batch], mesh=mesh, min_rows=rows)
+        tokens, lengths = generate.pad_batch([jobs[j].prompt_ids for j in batch], mesh=mesh, min_rows=rows)
         b = len(lengths)
         longest = int(lengths.max()) + turns * max_new_tokens + (turns - 1) * len(forced)
         state, _ = sampling.prefill(params, config, tokens, lengths, max_length=sampling.round_up(longest, sampling.BUCKET),
