@@ -17,4 +17,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = paper_qwen2_5_3b.get_config()
     c.mesh = dict(data=1, fsdp=-1, tensor=4)
     c.rollout.rows_per_batch = 256
+    c.train.micro_batches = 8  # 16 rows per micro-batch: one per data x fsdp group
     return _args.apply(c, arg)

@@ -23,7 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.max_new_tokens = 512
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
     c.task = dict(name="metamath_math", data_dir="/tmp/drift_jax_tfds", manual_dir="", knobs=dict())
-    c.model = dict(hf_path="", tokenizer_path="", param_dtype="float32", compute_dtype="bfloat16",
+    c.model = dict(preset="", hf_path="", tokenizer_path="", param_dtype="float32", compute_dtype="bfloat16",
                    remat="save_matmuls", scratch=dict())
     c.rollout = dict(num_problems=1800, num_samples=16, temperature=1.0, top_k=0, top_p=1.0,
                      rows_per_batch=512, problems_per_shard=64,
@@ -31,11 +31,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.returns = dict(gamma=0.9, format_penalty=-0.1, repeat_penalty=0.5)
     c.drift = dict(beta=0.1, normalize="group", all_fail="keep", clip=0.0, supervision="terminal")
     c.train = dict(lr=5e-6, warmup_ratio=0.1, schedule="constant", weight_decay=0.1, clip_norm=1.0,
-                   batch_size=128, seq_len=4096, epochs=1, save_every=50, progress_bar=True)
+                   batch_size=128, micro_batches=4, seq_len=4096, epochs=1, save_every=50, progress_bar=True)
     # methods=(..., "online_rl"): 32 problems x 8 samples per iteration, one step of 256 trajectories.
     c.online_rl.update(problems_per_iteration=32, samples_per_problem=8, kl_coef=0.01, eval_every=10)
     c.online_rl.train = dict(lr=1e-6, warmup_ratio=0.0, warmup_steps=5, schedule="constant", weight_decay=0.0,
-                             clip_norm=1.0, batch_size=256, micro_batches=16, seq_len=4096,
+                             clip_norm=1.0, batch_size=256, micro_batches=8, seq_len=4096,
                              loss_reduction="token_sum", progress_bar=False)
     c.eval = dict(task=dict(name="math500", data_dir="/tmp/drift_jax_tfds", manual_dir=""), split="test",
                   num_problems=0, rows_per_batch=512,

@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.task = dict(name="synthetic", data_dir="", manual_dir="",
                   knobs=dict(num_operands=4, max_digits=2, modulus=0, ops=("max",)))  # modulus 0: none
-    c.model = dict(hf_path="", tokenizer_path="", param_dtype="", compute_dtype="", remat="none",
+    c.model = dict(preset="", hf_path="", tokenizer_path="", param_dtype="", compute_dtype="", remat="none",
                    scratch=dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=384))
     # task: where the demonstrations come from (name "": c.task).
     c.reference = dict(num_demos=4000, max_wrong_turns=1, task=dict(name="synthetic", data_dir="", manual_dir="",

@@ -28,7 +28,7 @@ TC = trainer.TrainConfig(lr=1e-2, batch_size=2, seq_len=40, epochs=2, save_every
 
 
 def _run(workdir, examples, on_step=None, mesh=None, config=TC):
-    mesh = mesh or sharding.make_mesh({"data": -1})
+    mesh = mesh or sharding.make_mesh({"data": 2}, jax.devices()[:2])  # 2 rows per batch: one per device
     params = trainer.run(config, CFG, examples, lambda: model.init_params(CFG, jax.random.key(0)), workdir, mesh,
                          on_step=on_step)
     return jax.device_get(params)

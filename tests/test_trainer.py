@@ -120,7 +120,7 @@ def test_schedule_warmup_then_cosine():
 
 def test_run_logs_and_nan_stops_without_overwriting_checkpoint(tmp_path, params):
     examples = make_examples(60)
-    mesh = sharding.make_mesh({"data": -1})
+    mesh = sharding.make_mesh({"data": 2}, jax.devices()[:2])  # 2 rows per batch: one per device
     # An absurd learning rate: step 1 is finite, its update blows the params up, step 2's loss is not.
     tc = TC.__class__(**{**TC.__dict__, "lr": 1e30, "save_every": 1, "batch_size": 2})
     with pytest.raises(trainer.NonFiniteLossError, match="at step 2.*last good checkpoint is step 1"):

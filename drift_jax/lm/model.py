@@ -261,7 +261,7 @@ class Decoder(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_BxT, step: _Step, kv_cache, logits_at_B=None):
+    def __call__(self, tokens_BxT, step: _Step, kv_cache, logits_at_B=None, hidden_only=False):
         cfg = self.config
         embedding = _param(self, "embedding", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
         x = jnp.take(embedding, tokens_BxT, axis=0).astype(jnp.dtype(cfg.dtype))
@@ -292,6 +292,8 @@ class Decoder(nn.Module):
         if logits_at_B is not None:  # the LM head at one position per row only
             x = jnp.take_along_axis(x, logits_at_B[:, None, None], axis=1)
         x = RMSNorm(cfg, name="final_norm")(x)
+        if hidden_only:  # the caller applies the head (the trainer's loss, chunk by chunk)
+            return x, kv_cache
         if cfg.tie_embeddings:
             head = embedding.T
         else:
@@ -373,6 +375,23 @@ def forward(
     )
     lengths = jnp.minimum(cache.lengths_B + num_new_B.astype(jnp.int32), s)
     return logits, Cache(k, v, lengths)
+
+
+def hidden_states(
+    params: Params, config: ModelConfig, tokens_BxT: jax.Array, *,
+    positions_BxT: jax.Array | None = None, segment_ids_BxT: jax.Array | None = None,
+) -> jax.Array:
+    """The full causal forward up to the LM head: final-normed hidden states [B, T, D] in the compute
+    dtype. `forward`'s logits are `einsum('BTD,DV->BTV', x, output_head(...))` of these, in float32."""
+    tokens_BxT = jnp.asarray(tokens_BxT, jnp.int32)
+    step = _causal_step(tokens_BxT.shape, positions_BxT, segment_ids_BxT)
+    x_BxTxD, _ = Decoder(config).apply({"params": params}, tokens_BxT, step, None, None, True)
+    return x_BxTxD
+
+
+def output_head(params: Params, config: ModelConfig) -> jax.Array:
+    """The LM head [D, V]: the embedding's transpose when tied."""
+    return params["embedding"].T if config.tie_embeddings else params["lm_head"]
 
 
 @functools.partial(jax.jit, static_argnames="config")

@@ -130,6 +130,18 @@ def logical_to_spec(
     return PartitionSpec(*spec)
 
 
+def require_divisible_rows(mesh: Mesh, rows: int, knob: str) -> None:
+    """A batch must split evenly over the data x fsdp devices: `logical_to_spec` would otherwise
+    replicate it, and every device would hold (and compute) the whole batch."""
+    devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    if rows % devices:
+        raise ValueError(
+            f"a batch of {rows} rows does not divide over the data x fsdp = {devices} devices of mesh "
+            f"{dict(mesh.shape)}: it would be replicated on every device. Set {knob} so that the rows "
+            f"per batch are a multiple of {devices} (or shrink the data/fsdp mesh axes)"
+        )
+
+
 def named_sharding(mesh: Mesh, names: Logical, shape: Sequence[int] | None = None) -> NamedSharding:
     return NamedSharding(mesh, logical_to_spec(names, shape, mesh))
 

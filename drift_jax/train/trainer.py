@@ -148,18 +148,43 @@ def sharded_state(params: Params, tx: optax.GradientTransformation, state_sh: Tr
     return jax.jit(functools.partial(init_state, tx=tx), out_shardings=state_sh)(params)
 
 
-def batch_shardings(mesh, shapes: dict[str, tuple[int, ...]]) -> dict[str, NamedSharding]:
+def batch_shardings(mesh, shapes: dict[str, tuple[int, ...]],
+                    knob: str = "batch_size / micro_batches") -> dict[str, NamedSharding]:
+    """Shardings of a [M, R, T] batch; R rows must divide over the data x fsdp devices (`knob` sets R)."""
+    sharding.require_divisible_rows(mesh, shapes["row_weight"][1], knob)
     return {k: sharding.named_sharding(mesh, batches.BATCH_AXES[k], shapes[k]) for k in shapes}
+
+
+# Tokens per chunk of the loss's LM head: float32 logits exist for one [R, LOSS_CHUNK, V] chunk at a
+# time, recomputed in the backward pass, never for the whole micro-batch (Qwen2.5-3B at 4 x 4096
+# tokens per chip: 10 GB of [R, T, V] float32 logits, and as much again for their gradient).
+LOSS_CHUNK = 512
 
 
 def target_logprobs(params: Params, model_config: ModelConfig, mb: dict[str, jax.Array]) -> jax.Array:
     """log p(target) at every scored position of a packed [R, T] micro-batch, 0 elsewhere: the one
     definition the loss and online RL's KL estimate share (float32, no [R, T, V] log_softmax)."""
-    logits_BxTxV, _ = model.forward(
+    x_BxTxD = model.hidden_states(
         params, model_config, mb["tokens"], positions_BxT=mb["positions"], segment_ids_BxT=mb["segment_ids"]
     )
-    target_logit_BxT = jnp.take_along_axis(logits_BxTxV, mb["targets"][..., None], axis=-1)[..., 0]
-    return jnp.where(mb["scored"], target_logit_BxT - jax.nn.logsumexp(logits_BxTxV, axis=-1), 0.0)
+    head_DxV = model.output_head(params, model_config).astype(x_BxTxD.dtype)
+    b, t, d = x_BxTxD.shape
+    c = min(t, LOSS_CHUNK)
+    pad = -t % c
+    n = (t + pad) // c
+    x_NxBxCxD = jnp.pad(x_BxTxD, ((0, 0), (0, pad), (0, 0))).reshape(b, n, c, d).swapaxes(0, 1)
+    targets_NxBxC = jnp.pad(mb["targets"], ((0, 0), (0, pad))).reshape(b, n, c).swapaxes(0, 1)
+
+    @jax.checkpoint  # the backward recomputes a chunk's logits instead of saving them
+    def chunk(x_BxCxD, targets_BxC):
+        logits_BxCxV = jnp.einsum("BCD,DV->BCV", x_BxCxD, head_DxV, preferred_element_type=jnp.float32)
+        logits_BxCxV = sharding.constrain(logits_BxCxV, ("batch", "length", "act_vocab"))
+        target_logit_BxC = jnp.take_along_axis(logits_BxCxV, targets_BxC[..., None], axis=-1)[..., 0]
+        return target_logit_BxC - jax.nn.logsumexp(logits_BxCxV, axis=-1)
+
+    logp_NxBxC = jax.lax.map(lambda xs: chunk(*xs), (x_NxBxCxD, targets_NxBxC))
+    logp_BxT = logp_NxBxC.swapaxes(0, 1).reshape(b, n * c)[:, :t]
+    return jnp.where(mb["scored"], logp_BxT, 0.0)
 
 
 def weighted_loss(params: Params, model_config: ModelConfig, mb: dict[str, jax.Array], weight_mass: jax.Array):

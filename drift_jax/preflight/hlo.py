@@ -1,0 +1,344 @@
+"""Reads a compiled program's HLO text: how often each computation runs, its FLOPs and bytes, its collectives.
+
+XLA's `cost_analysis()` counts a while loop's body once whatever its trip count, and the model scans
+over layers (and the train step over micro-batches), so its totals are a fraction of a step's. Here
+every computation is costed once and weighted by how often it runs: a loop body by its trip count
+(the bound its condition compares the counter with), a fusion or call by its callers.
+
+The cost model follows XLA's HloCostAnalysis: a dot or convolution is 2 x output elements x the
+contracted size (kernel taps that land on dilation holes excluded), an elementwise op one FLOP per
+element, and HBM bytes are the operands and outputs of each top-level instruction. Its FLOPs match
+cost_analysis() on TPU to <1% at one trip per loop; its bytes only roughly (XLA's TPU model is its
+own), so `analysis` uses it for the ratio of a step with true trips to a step with one, applied to
+XLA's figures. Collectives are identified by channel id: the TPU compiler splits one all-gather over
+several async fusions that all print it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections import defaultdict
+
+import numpy as np
+
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute",
+               "ragged-all-to-all", "collective-broadcast")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "s32": 4, "u32": 4, "s64": 8, "u64": 8,
+                "bf16": 2, "f16": 2, "f32": 4, "f64": 8, "c64": 8, "c128": 16, "s4": 0.5, "u4": 0.5,
+                "f8e4m3fn": 1, "f8e5m2": 1, "token": 0}
+_SHAPE = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([0-9,]*)\]")
+_HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s+\((.*)\)\s+->\s+(.*)\{\s*$")
+_INSTR = re.compile(r"^\s*(ROOT\s+)?%?([\w.\-]+)\s+=\s+(.*)$")
+_CALLEES = re.compile(r"\b(calls|to_apply|body|condition|branch_computations|called_computations)="
+                      r"(\{[^}]*\}|%?[\w.\-]+)")
+# Opcodes that move no HBM data of their own (views, tuples, control flow whose bodies are costed).
+_NO_BYTES = {"parameter", "tuple", "get-tuple-element", "constant", "bitcast", "while", "conditional",
+             "call", "after-all", "partition-id", "replica-id", "iota", "add-dependency", "opt-barrier"}
+_SLICING = {"slice", "dynamic-slice", "gather"}
+_ELEMENTWISE = {"add", "subtract", "multiply", "divide", "maximum", "minimum", "negate", "abs", "sign",
+                "compare", "select", "and", "or", "xor", "not", "clamp", "remainder", "power", "floor",
+                "ceil", "round-nearest-even", "round-nearest-afz", "convert"}
+_TRANSCENDENTAL = {"exponential", "log", "tanh", "rsqrt", "sqrt", "logistic", "sine", "cosine",
+                   "exponential-minus-one", "log-plus-one", "atan2", "erf", "cbrt", "tan"}
+
+
+def shape_bytes(text: str) -> int:
+    """Bytes of every array shape written in `text` (a tuple's elements summed)."""
+    return int(sum(_DTYPE_BYTES[t] * math.prod(int(d) for d in dims.split(",") if d)
+                   for t, dims in _SHAPE.findall(text)))
+
+
+def _dims(text: str) -> list[int]:
+    m = _SHAPE.search(text)
+    return [int(d) for d in m.group(2).split(",") if d] if m else []
+
+
+@dataclasses.dataclass
+class Instr:
+    name: str
+    shape: str  # the result type
+    opcode: str
+    operands: list[str]
+    args: str  # the text inside the parentheses (a constant's value)
+    attrs: str
+    callees: list[tuple[str, str]]  # (attribute, computation)
+
+
+@dataclasses.dataclass(frozen=True)
+class Collective:
+    opcode: str  # all-gather, all-reduce, ... ("-start" dropped)
+    bytes: int  # the larger of its operand and result buffers, per chip
+    group_size: int
+    times: float  # per call of the program (loop bodies x trips)
+
+
+def _split_instr(rest: str) -> tuple[str, str, str, str]:
+    """'TYPE opcode(OPERANDS), attrs' -> (type, opcode, operands, attrs); TYPE may be a nested tuple."""
+    depth = 0
+    for i, c in enumerate(rest):  # the type ends at the first space outside brackets
+        depth += (c in "([{") - (c in ")]}")
+        if c == " " and depth == 0:
+            break
+    else:
+        return rest, "", "", ""
+    shape, tail = rest[:i], rest[i + 1:]
+    m = re.match(r"([\w\-]+)\(", tail)
+    if not m:
+        return shape, tail.split(" ")[0], "", ""
+    depth = 0
+    for j in range(m.end() - 1, len(tail)):
+        depth += (tail[j] == "(") - (tail[j] == ")")
+        if depth == 0:
+            break
+    return shape, m.group(1), tail[m.end():j], tail[j + 1:]
+
+
+class Program:
+    """A compiled HLO module: its computations and who calls whom."""
+
+    def __init__(self, text: str):
+        self.computations: dict[str, list[Instr]] = {}
+        self.entry = ""
+        current: list[Instr] | None = None
+        for line in text.splitlines():
+            header = _HEADER.match(line)
+            if header and not line.startswith(" "):
+                current = self.computations.setdefault(header.group(2), [])
+                self.entry = header.group(2) if header.group(1) else self.entry
+                continue
+            m = _INSTR.match(line)
+            if m and current is not None:
+                shape, opcode, operands, attrs = _split_instr(m.group(3))
+                callees = [(kind, n.strip().lstrip("%")) for kind, names in _CALLEES.findall(attrs)
+                           for n in names.strip("{}").split(",") if n.strip()]
+                current.append(Instr(m.group(2), shape, opcode, re.findall(r"%([\w.\-]+)", operands),
+                                     operands, attrs, callees))
+        # Computations inside fusions are costed at their fusion (their values stay on chip).
+        self.fused = {c for instrs in self.computations.values() for i in instrs if i.opcode == "fusion"
+                      for _, c in i.callees}
+        self.shapes = {c: {i.name: i.shape for i in instrs} for c, instrs in self.computations.items()}
+
+    # ------------------------------------------------------------------------- structure
+
+    def trip_count(self, comp: str, loop: Instr) -> int:
+        """Trips of a counted while loop in `comp`: (bound - start) / step of the counter its condition
+        compares (`i < N`), as the loop's initial tuple and its body's `i + step` give them. Loops
+        of another shape (the sampler's: a bound or all rows done) count their bound."""
+        callees = dict(loop.callees)
+        cond, body = callees["condition"], callees["body"]
+        index, bound = None, None
+        named = {i.name: i for i in self.computations.get(cond, [])}
+        for ins in self.computations.get(cond, []):
+            if ins.opcode == "compare" and "direction=LT" in ins.attrs and len(ins.operands) == 2:
+                lhs, rhs = (named.get(o) for o in ins.operands)
+                if lhs is not None and rhs is not None and lhs.opcode == "get-tuple-element" \
+                        and _int_constant(rhs) is not None:
+                    index, bound = int(re.search(r"index=(\d+)", lhs.attrs).group(1)), _int_constant(rhs)
+        if index is None:
+            consts = [_int_constant(i) for c in self.reachable(cond) for i in self.computations.get(c, [])]
+            return max([c for c in consts if c is not None], default=1)
+        step = start = None
+        instrs = {i.name: i for i in self.computations.get(body, [])}
+        root = self.computations[body][-1] if self.computations.get(body) else None
+        if root is not None and root.opcode == "tuple" and index < len(root.operands):
+            update = instrs.get(root.operands[index])
+            if update is not None and update.opcode == "add":
+                steps = [_int_constant(instrs[o]) for o in update.operands if o in instrs]
+                step = next((c for c in steps if c is not None), None)
+        caller = {i.name: i for i in self.computations[comp]}
+        init = caller.get(loop.operands[0]) if loop.operands else None
+        if init is not None and init.opcode == "tuple" and index < len(init.operands):
+            start = _int_constant(caller[init.operands[index]]) if init.operands[index] in caller else None
+        return max(1, -(-(bound - (start or 0)) // (step or 1)))
+
+    def reachable(self, comp: str) -> set[str]:
+        seen, stack = set(), [comp]
+        while stack:
+            c = stack.pop()
+            if c not in seen:
+                seen.add(c)
+                stack += [callee for i in self.computations.get(c, []) for _, callee in i.callees]
+        return seen
+
+    def loops(self, comp: str | None = None) -> list[tuple[str, int]]:
+        """(body, trip count) of the while loops `comp` (default: the entry) runs directly."""
+        out = []
+        for ins in self.computations[comp or self.entry]:
+            if ins.opcode == "while":
+                d = dict(ins.callees)
+                out.append((d["body"], self.trip_count(comp or self.entry, ins)))
+        return out
+
+    def multiplicities(self, root: str | None = None, loop_trips: bool = True) -> dict[str, float]:
+        """How many times each computation runs per run of `root` (default: the entry); with
+        `loop_trips=False` every loop body counts once, as cost_analysis() does."""
+        mult: dict[str, float] = defaultdict(float)
+
+        def visit(comp: str, times: float) -> None:
+            mult[comp] += times
+            for ins in self.computations.get(comp, []):
+                trips = 1
+                if ins.opcode == "while" and loop_trips:
+                    trips = self.trip_count(comp, ins)
+                for kind, callee in ins.callees:
+                    if kind == "to_apply" and ins.opcode not in ("call", "conditional"):
+                        continue  # reducers and scatter combiners: costed with their op
+                    visit(callee, times * trips)
+
+        visit(root or self.entry, 1.0)
+        return mult
+
+    # ------------------------------------------------------------------------- costs
+
+    def _flops(self, comp: str, ins: Instr) -> tuple[float, float]:
+        """(flops, transcendentals) of one instruction, a fusion's including its computation's."""
+        out = _dims(ins.shape)
+        n_out = math.prod(out) if out else 1
+        flops = trans = 0.0
+        if ins.opcode == "dot" and ins.operands:
+            lhs = _dims(self.shapes[comp].get(ins.operands[0], ""))
+            m = re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", ins.attrs)
+            flops = 2.0 * n_out * (math.prod(lhs[int(d)] for d in m.group(1).split(",") if d) if m and lhs else 1)
+        elif ins.opcode == "convolution" and len(ins.operands) > 1:
+            lhs = _dims(self.shapes[comp].get(ins.operands[0], ""))
+            rhs = _dims(self.shapes[comp].get(ins.operands[1], ""))
+            labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", ins.attrs)
+            if labels and lhs and rhs:
+                flops = 2.0 * n_out * _conv_contraction(labels.groups(), lhs, rhs, out, ins.attrs)
+        elif ins.opcode in _ELEMENTWISE:
+            flops = float(n_out)
+        elif ins.opcode in _TRANSCENDENTAL:
+            trans = float(n_out)
+        elif ins.opcode in ("reduce", "reduce-window") and ins.operands:
+            flops = float(math.prod(_dims(self.shapes[comp].get(ins.operands[0], ""))) or n_out)
+        if ins.opcode == "fusion":
+            for _, callee in ins.callees:
+                for inner in self.computations.get(callee, []):
+                    f, t = self._flops(callee, inner)
+                    flops, trans = flops + f, trans + t
+        return flops, trans
+
+    def _in_place(self, ins: Instr) -> bool:
+        """A dynamic-update-slice (or a fusion ending in one): it writes its update, not the buffer."""
+        if ins.opcode == "dynamic-update-slice":
+            return True
+        if ins.opcode != "fusion" or not ins.callees:
+            return False
+        body = self.computations.get(ins.callees[0][1], [])
+        root = body[-1] if body else None  # the ROOT is printed last
+        while root is not None and root.opcode == "bitcast":
+            root = next((i for i in body if i.name == root.operands[0]), None)
+        return root is not None and root.opcode == "dynamic-update-slice"
+
+    def _sliced_read(self, fused: str, index: int) -> float:
+        """Bytes a fusion reads of its operand `index`: the slices taken when only slices use it."""
+        body = self.computations.get(fused, [])
+        param = next((i.name for i in body if i.opcode == "parameter" and i.args.strip() == str(index)), None)
+        users = [i for i in body if param in i.operands]
+        if not users or any(u.opcode not in _SLICING or u.operands[0] != param for u in users):
+            return math.inf
+        return float(sum(shape_bytes(u.shape) for u in users))
+
+    def _bytes(self, comp: str, ins: Instr) -> float:
+        if ins.opcode in _NO_BYTES:
+            return 0.0
+        operands = [shape_bytes(self.shapes[comp].get(o, "")) for o in ins.operands]
+        outputs = [shape_bytes(f"{t}[{d}]") for t, d in _SHAPE.findall(ins.shape)]
+        if ins.opcode in _SLICING and operands:  # reads the slice, not the buffer
+            operands[0] = min(operands[0], sum(outputs))
+        elif ins.opcode == "fusion" and ins.callees:
+            operands = [min(n, self._sliced_read(ins.callees[0][1], i)) for i, n in enumerate(operands)]
+        for out_index, operand_index in _aliases(ins.attrs):  # buffers passed through untouched
+            if out_index < len(outputs) and operand_index < len(operands):
+                outputs[out_index] = operands[operand_index] = 0
+        if self._in_place(ins) and operands:
+            big = max(range(len(operands)), key=operands.__getitem__)
+            outputs, operands[big] = [sum(operands) - operands[big]], 0
+        if ins.opcode.endswith("-start"):  # async pairs: the start reads, the done writes
+            outputs = []
+        elif ins.opcode.endswith("-done"):
+            operands = []
+        return float(sum(operands) + sum(outputs))
+
+    def costs(self, root: str | None = None, loop_trips: bool = True) -> dict[str, float]:
+        """FLOPs, transcendentals and HBM bytes of one run of `root` (default: the entry)."""
+        total = {"flops": 0.0, "transcendentals": 0.0, "bytes accessed": 0.0}
+        for comp, times in self.multiplicities(root, loop_trips).items():
+            if comp in self.fused:
+                continue
+            for ins in self.computations.get(comp, []):
+                f, t = self._flops(comp, ins)
+                total["flops"] += times * f
+                total["transcendentals"] += times * t
+                total["bytes accessed"] += times * self._bytes(comp, ins)
+        return total
+
+    def collectives(self, root: str | None = None, loop_trips: bool = True) -> list[Collective]:
+        """Every collective one run of `root` (default: the entry) issues, with how often."""
+        found: dict[tuple, Collective] = {}
+        for comp, times in self.multiplicities(root, loop_trips).items():
+            for ins in self.computations.get(comp, []):
+                base = ins.opcode.removesuffix("-start")
+                if base not in COLLECTIVES:
+                    continue
+                operand = sum(shape_bytes(self.shapes[comp].get(o, "")) for o in ins.operands)
+                # An async start's result is (operand, result[, scratch]): the largest is the result.
+                result = max((shape_bytes(f"{t}[{d}]") for t, d in _SHAPE.findall(ins.shape)), default=0)
+                channel = re.search(r"channel_id=(\d+)", ins.attrs)
+                key = (base, channel.group(1)) if channel else (base, comp, ins.name)
+                c = Collective(base, max(operand, result), _group_size(ins.attrs), times)
+                if key not in found or found[key].times < times:
+                    found[key] = c
+        return list(found.values())
+
+
+def _conv_contraction(labels: tuple[str, str, str], lhs: list[int], rhs: list[int], out: list[int],
+                      attrs: str) -> float:
+    """Multiply-adds per output element of a convolution: input features x the kernel taps that land on
+    input (not padding, not dilation holes). The TPU compiler writes batched matmuls as convolutions
+    whose windows mostly hit padding, so the window's size alone overcounts them many times."""
+    lhs_l, rhs_l, out_l = labels
+    contract = float(math.prod(n for label, n in zip(rhs_l, rhs) if label == "i"))
+    window = re.search(r"window=\{([^}]*)\}", attrs)
+    if not window:
+        return contract
+    fields = dict(re.findall(r"(\w+)=([0-9x_]+)", window.group(1)))
+    size = [int(v) for v in fields["size"].split("x")]
+    ones = "x".join("1" * len(size))
+    stride = [int(v) for v in fields.get("stride", ones).split("x")]
+    lhs_dil = [int(v) for v in fields.get("lhs_dilate", ones).split("x")]
+    rhs_dil = [int(v) for v in fields.get("rhs_dilate", ones).split("x")]
+    pad_lo = [int(v.split("_")[0]) for v in fields["pad"].split("x")] if "pad" in fields else [0] * len(size)
+    for d in range(len(size)):
+        n_in, n_out = lhs[lhs_l.index(str(d))], out[out_l.index(str(d))]
+        o = np.arange(n_out)[:, None]
+        pos = o * stride[d] + np.arange(size[d])[None, :] * rhs_dil[d] - pad_lo[d]
+        hit = (pos >= 0) & (pos <= (n_in - 1) * lhs_dil[d]) & (pos % lhs_dil[d] == 0)
+        contract *= hit.sum() / max(n_out, 1)
+    return contract
+
+
+def _int_constant(ins: Instr) -> int | None:
+    if ins.opcode != "constant" or not re.match(r"[su](32|64)\[\]", ins.shape):
+        return None
+    return int(ins.args) if re.fullmatch(r"-?\d+", ins.args.strip()) else None
+
+
+def _aliases(attrs: str) -> list[tuple[int, int]]:
+    """output_to_operand_aliasing={{1}: (0, {}), ...} -> [(output index, operand index), ...]."""
+    m = re.search(r"output_to_operand_aliasing=\{(.*?\))\s*\}", attrs)
+    return [(int(o or 0), int(p)) for o, p in re.findall(r"\{(\d*)\}:\s*\((\d+)", m.group(1))] if m else []
+
+
+def _group_size(attrs: str) -> int:
+    m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", attrs)
+    if m:  # mesh['axis_0'=32,'axis_1'=1] {'axis_0'}: the named axes form a group
+        sizes = dict(re.findall(r"'(\w+)'=(\d+)", m.group(1)))
+        return math.prod(int(sizes[a]) for a in re.findall(r"'(\w+)'", m.group(2)) if a in sizes) or 1
+    m = re.search(r"replica_groups=\[(\d+),(\d+)\]", attrs)  # iota form [groups,size]<=[...]
+    if m:
+        return int(m.group(2))
+    m = re.search(r"replica_groups=\{\{([0-9,]*)\}", attrs)
+    return len(m.group(1).split(",")) if m else 1

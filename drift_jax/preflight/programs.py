@@ -1,0 +1,178 @@
+"""The programs each stage of a run compiles, at the run's shapes, as (jitted function, abstract inputs).
+
+The functions are the libraries' own (the rollout engine's prefill and decode chunk, the trainer's step),
+jitted as the stages jit them, so what compiles here is what the run compiles. Inputs are
+ShapeDtypeStructs carrying their shardings: no weights are read and nothing is allocated.
+Shapes the config does not fix (the longest prompt, the feedback message) are `Shapes`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import Mesh
+
+from drift_jax.lm import model, presets, sampling, sharding
+from drift_jax.lm.model import ModelConfig
+from drift_jax.lm.sample import Sampling
+from drift_jax.rollout import engine as engine_lib
+from drift_jax.train import batches, trainer
+
+# The batch as Batcher.make_row fills it.
+_BATCH_DTYPES = {"tokens": jnp.int32, "targets": jnp.int32, "token_weight": jnp.float32, "scored": jnp.bool_,
+                 "positions": jnp.int32, "segment_ids": jnp.int32, "row_weight": jnp.float32}
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    """What the config leaves to the data: the longest prompt (it must fit the engine's largest prompt
+    bucket) and the feedback message, in tokens; the tokenizer's stop and pad ids."""
+
+    prompt_tokens: int = 512
+    feedback_tokens: int = 16
+    stop_tokens: tuple[int, ...] = (0,)
+    pad_id: int = 0
+
+
+@dataclasses.dataclass
+class Program:
+    """One compiled program of a stage. A step is one call, or (decode) one trip of its loop."""
+
+    stage: str
+    fn: Any  # a jax.jit-wrapped function
+    args: tuple
+    kwargs: dict
+    model_config: ModelConfig
+    tokens_per_step: int  # global: rows x new tokens
+    knobs: tuple[str, ...]  # config fields that shrink its memory
+    per_loop_trip: bool = False  # decode: a step is one trip of the program's loop (one token per row)
+    model_flops_per_step: float = 0.0  # train: 6N + attention per token (PaLM) x tokens
+
+
+def abstract(tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+
+
+def model_configs(cfg: ml_collections.ConfigDict) -> tuple[ModelConfig, ModelConfig | None]:
+    """(the policy every stage after the reference runs, the scratch reference's if one is trained)."""
+    m = cfg.model
+    if m.get("preset", "") or m.hf_path:
+        policy = presets.from_config(m.get("preset", ""), m.hf_path, m.param_dtype, m.compute_dtype, m.remat)
+        return policy, None
+    from drift_jax import envs  # noqa: PLC0415  (tokenizers only when a scratch model needs its vocab)
+
+    vocab = envs.ChatFormat.from_pretrained(m.tokenizer_path or envs.SYNTHETIC_TOKENIZER).tokenizer.get_vocab_size()
+    s = m.scratch
+    # As pipeline.stage_reference builds it, and load_policy then reloads it.
+    reference = ModelConfig(
+        vocab_size=vocab, hidden_size=s.hidden_size, num_layers=s.num_layers, num_heads=s.num_heads,
+        num_kv_heads=s.num_kv_heads, head_dim=s.hidden_size // s.num_heads, mlp_dim=s.mlp_dim, qkv_bias=True,
+        tie_embeddings=False, architecture="qwen2", max_position_embeddings=1024,
+    )
+    param_dtype = m.param_dtype or reference.param_dtype
+    policy = reference.replace(param_dtype=param_dtype, dtype=m.compute_dtype or param_dtype, remat=m.remat)
+    return policy, reference
+
+
+# ----------------------------------------------------------------------------- rollouts and evaluation
+
+
+def _struct(mesh: Mesh, shape: tuple[int, ...], dtype, names) -> jax.ShapeDtypeStruct:
+    with sharding.use_rules(sampling.RULES):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.named_sharding(mesh, names, shape))
+
+
+def rollout_params(config: ModelConfig, mesh: Mesh) -> Any:
+    """Params as `sampling.rollout_params` lays them out: compute dtype, the sampler's table."""
+    shapes = jax.eval_shape(functools.partial(model.init_params, config), jax.random.key(0))
+    dt = jnp.dtype(config.dtype)
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dt if jnp.issubdtype(x.dtype, jnp.floating)
+                                                         else x.dtype), shapes)
+    with sharding.use_rules(sampling.RULES):
+        return abstract(shapes, sharding.tree_shardings(mesh, model.param_logical_axes(config), shapes))
+
+
+def episode_programs(cfg, config: ModelConfig, mesh: Mesh, shapes: Shapes, *, stage: str, rows_per_batch: int,
+                     group_size: int, rule: Sampling, rows_knob: str) -> list[Program]:
+    """The rollout engine's two programs at the shapes `engine.run` fixes: the shared-prompt prefill
+    (`sampling.refill`, at the largest prompt bucket) and the decode chunk (`sampling.decode_chunk`;
+    a step is one trip of its loop: one token for every row, forced feedback tokens included)."""
+    engine = engine_lib.EngineConfig(rows=rows_per_batch)  # the driver's and evaluation's shapes
+    rows = sampling.round_up(engine.rows, mesh.shape["data"] * mesh.shape["fsdp"])
+    forced = shapes.feedback_tokens + 1  # the end-of-turn token, then the feedback
+    length = engine_lib.cache_length(engine, cfg.max_turns, cfg.max_new_tokens, forced)
+    params = rollout_params(config, mesh)
+    with sharding.use_rules(sampling.RULES):
+        state = abstract(jax.eval_shape(lambda: sampling._empty_state(config, rows, length)),
+                         sampling._state_shardings(mesh, config, rows, length))
+    knobs = (rows_knob, "max_new_tokens", "max_turns", "mesh")
+    p, t, k = engine.prefill_rows, max(engine.prompt_buckets), min(group_size, rows)
+    if shapes.prompt_tokens > t:  # engine.run would stop at the first such prompt
+        raise ValueError(f"{stage}: a prompt of {shapes.prompt_tokens} tokens exceeds the rollout engine's largest "
+                         f"prompt bucket ({t}); add a bucket (rollout.engine.EngineConfig.prompt_buckets)")
+    refill = Program(f"{stage}_prefill", sampling._refill_fn(config, mesh, rows, length), (params,), {
+        "state": state, "tokens_PxT": _struct(mesh, (p, t), jnp.int32, (None, None)),
+        "lengths_P": _struct(mesh, (p,), jnp.int32, (None,)), "dst_PxK": _struct(mesh, (p, k), jnp.int32, (None, None)),
+    }, config, p * t, knobs)
+    plan = sampling.Plan(rule, (0,) * forced, engine.chunk_steps)
+    turns = cfg.max_turns
+    batch = lambda *shape, dtype=jnp.int32: _struct(mesh, (rows, *shape), dtype, ("batch",) + (None,) * len(shape))  # noqa: E731
+    row_state = sampling.Rows(key_Bx2=batch(2, dtype=jnp.uint32), turn_B=batch(), last_turn_B=batch(), index_B=batch(),
+                              forced_B=batch(), active_B=batch(dtype=jnp.bool_), budget_BxU=batch(turns))
+    decode = Program(f"{stage}_decode", sampling._decode_fn(config, mesh, rows, length, turns, plan), (params,),
+                     {"state": state, "rows": row_state}, config, rows, knobs, per_loop_trip=True)
+    return [refill, decode]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_program(section: ml_collections.ConfigDict, config: ModelConfig, mesh: Mesh, *, stage: str,
+                  knob_prefix: str) -> Program:
+    """The weighted-SFT step of a train section (the trainer's own jit: shardings, donation)."""
+    tc = trainer.TrainConfig(**{**section.to_dict(), "async_checkpoints": False})
+    tx = trainer.make_optimizer(tc, total_steps=1000)
+    state_sh = trainer.state_shardings(mesh, config, tx)
+    shapes = batches.batch_shapes(tc.batch_config())
+    batch_sh = trainer.batch_shardings(mesh, shapes, knob=f"{knob_prefix}.batch_size / {knob_prefix}.micro_batches")
+    batch = {k: jax.ShapeDtypeStruct(shapes[k], _BATCH_DTYPES[k], sharding=batch_sh[k]) for k in shapes}
+    fn = trainer.compile_train_step(config, tx, mesh, state_sh, batch_sh)
+    tokens = tc.batch_size * tc.seq_len
+    knobs = (f"{knob_prefix}.micro_batches", "model.remat", f"{knob_prefix}.batch_size", f"{knob_prefix}.seq_len", "mesh")
+    return Program(stage, fn, (trainer.abstract_state(config, tx, state_sh), batch), {}, config, tokens, knobs,
+                   model_flops_per_step=trainer.flops_per_token(config, tc.seq_len) * tokens)
+
+
+# ----------------------------------------------------------------------------- a run
+
+
+def programs(cfg: ml_collections.ConfigDict, mesh: Mesh, shapes: Shapes) -> list[Program]:
+    """Every program the run of `cfg` compiles, in stage order."""
+    policy, reference = model_configs(cfg)
+    out = []
+    if reference is not None:
+        out.append(train_program(cfg.reference.train, reference, mesh, stage="reference_train",
+                                 knob_prefix="reference.train"))
+    r = cfg.rollout
+    sample = Sampling(float(r.temperature), int(r.top_k), float(r.top_p), tuple(shapes.stop_tokens), shapes.pad_id)
+    if any(m in cfg.methods for m in ("drift", "sft_rollouts", "rft")):
+        out += episode_programs(cfg, policy, mesh, shapes, stage="rollout", rows_per_batch=r.rows_per_batch,
+                                group_size=r.num_samples, rule=sample, rows_knob="rollout.rows_per_batch")
+    if any(m in cfg.methods for m in ("drift", "sft_rollouts", "rft", "sft")):
+        out.append(train_program(cfg.train, policy, mesh, stage="train", knob_prefix="train"))
+    if "online_rl" in cfg.methods:
+        o = cfg.online_rl
+        out += episode_programs(cfg, policy, mesh, shapes, stage="online_rl_rollout",
+                                rows_per_batch=o.problems_per_iteration * o.samples_per_problem,
+                                group_size=o.samples_per_problem, rule=sample,
+                                rows_knob="online_rl.problems_per_iteration")
+        out.append(train_program(o.train, policy, mesh, stage="online_rl_train", knob_prefix="online_rl.train"))
+    greedy = dataclasses.replace(sample, temperature=0.0, top_k=0, top_p=1.0)
+    out += episode_programs(cfg, policy, mesh, shapes, stage="eval", rows_per_batch=cfg.eval.rows_per_batch,
+                            group_size=1, rule=greedy, rows_knob="eval.rows_per_batch")
+    return out
