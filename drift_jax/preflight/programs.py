@@ -97,28 +97,30 @@ def rollout_params(config: ModelConfig, mesh: Mesh) -> Any:
         return abstract(shapes, sharding.tree_shardings(mesh, model.param_logical_axes(config), shapes))
 
 
-def episode_programs(cfg, config: ModelConfig, mesh: Mesh, shapes: Shapes, *, stage: str, rows_per_batch: int,
-                     group_size: int, rule: Sampling, rows_knob: str) -> list[Program]:
+def episode_programs(cfg, config: ModelConfig, mesh: Mesh, shapes: Shapes, engine: engine_lib.EngineConfig, *,
+                     stage: str, group_size: int, rule: Sampling, rows_knob: str) -> list[Program]:
     """The rollout engine's two programs at the shapes `engine.run` fixes: the shared-prompt prefill
-    (`sampling.refill`, at the largest prompt bucket) and the decode chunk (`sampling.decode_chunk`;
-    a step is one trip of its loop: one token for every row, forced feedback tokens included)."""
-    engine = engine_lib.EngineConfig(rows=rows_per_batch)  # the driver's and evaluation's shapes
+    (`sampling.refill`, at the prompt bucket of the longest prompt) and the decode chunk
+    (`sampling.decode_chunk`; a step is one trip of its loop: a token for every row, forced feedback
+    tokens included)."""
     rows = sampling.round_up(engine.rows, mesh.shape["data"] * mesh.shape["fsdp"])
+    buckets = sorted(engine.prompt_buckets)
+    if shapes.prompt_tokens > buckets[-1]:  # engine.run would stop at the first such prompt
+        raise ValueError(f"{stage}: a prompt of {shapes.prompt_tokens} tokens exceeds the rollout engine's largest "
+                         f"prompt bucket ({buckets[-1]}); add a bucket ({rows_knob.rsplit('.', 1)[0]}.engine.prompt_buckets)")
+    bucket = next(b for b in buckets if b >= shapes.prompt_tokens)
     forced = shapes.feedback_tokens + 1  # the end-of-turn token, then the feedback
-    length = engine_lib.cache_length(engine, cfg.max_turns, cfg.max_new_tokens, forced)
+    length = engine_lib.cache_length(engine, cfg.max_turns, cfg.max_new_tokens, forced, bucket)
     params = rollout_params(config, mesh)
     with sharding.use_rules(sampling.RULES):
         state = abstract(jax.eval_shape(lambda: sampling._empty_state(config, rows, length)),
                          sampling._state_shardings(mesh, config, rows, length))
     knobs = (rows_knob, "max_new_tokens", "max_turns", "mesh")
-    p, t, k = engine.prefill_rows, max(engine.prompt_buckets), min(group_size, rows)
-    if shapes.prompt_tokens > t:  # engine.run would stop at the first such prompt
-        raise ValueError(f"{stage}: a prompt of {shapes.prompt_tokens} tokens exceeds the rollout engine's largest "
-                         f"prompt bucket ({t}); add a bucket (rollout.engine.EngineConfig.prompt_buckets)")
+    p, k = engine.prefill_rows, min(group_size, rows)
     refill = Program(f"{stage}_prefill", sampling._refill_fn(config, mesh, rows, length), (params,), {
-        "state": state, "tokens_PxT": _struct(mesh, (p, t), jnp.int32, (None, None)),
+        "state": state, "tokens_PxT": _struct(mesh, (p, bucket), jnp.int32, (None, None)),
         "lengths_P": _struct(mesh, (p,), jnp.int32, (None,)), "dst_PxK": _struct(mesh, (p, k), jnp.int32, (None, None)),
-    }, config, p * t, knobs)
+    }, config, p * bucket, knobs)
     plan = sampling.Plan(rule, (0,) * forced, engine.chunk_steps)
     turns = cfg.max_turns
     batch = lambda *shape, dtype=jnp.int32: _struct(mesh, (rows, *shape), dtype, ("batch",) + (None,) * len(shape))  # noqa: E731
@@ -158,21 +160,23 @@ def programs(cfg: ml_collections.ConfigDict, mesh: Mesh, shapes: Shapes) -> list
     if reference is not None:
         out.append(train_program(cfg.reference.train, reference, mesh, stage="reference_train",
                                  knob_prefix="reference.train"))
+    from drift_jax import pipeline  # noqa: PLC0415  (the engine shapes as the stages build them)
+
     r = cfg.rollout
     sample = Sampling(float(r.temperature), int(r.top_k), float(r.top_p), tuple(shapes.stop_tokens), shapes.pad_id)
     if any(m in cfg.methods for m in ("drift", "sft_rollouts", "rft")):
-        out += episode_programs(cfg, policy, mesh, shapes, stage="rollout", rows_per_batch=r.rows_per_batch,
+        out += episode_programs(cfg, policy, mesh, shapes, pipeline.engine_config(r), stage="rollout",
                                 group_size=r.num_samples, rule=sample, rows_knob="rollout.rows_per_batch")
     if any(m in cfg.methods for m in ("drift", "sft_rollouts", "rft", "sft")):
         out.append(train_program(cfg.train, policy, mesh, stage="train", knob_prefix="train"))
     if "online_rl" in cfg.methods:
         o = cfg.online_rl
-        out += episode_programs(cfg, policy, mesh, shapes, stage="online_rl_rollout",
-                                rows_per_batch=o.problems_per_iteration * o.samples_per_problem,
+        rows = o.problems_per_iteration * o.samples_per_problem  # online_rl.run's engine: the defaults
+        out += episode_programs(cfg, policy, mesh, shapes, engine_lib.EngineConfig(rows=rows), stage="online_rl_rollout",
                                 group_size=o.samples_per_problem, rule=sample,
                                 rows_knob="online_rl.problems_per_iteration")
         out.append(train_program(o.train, policy, mesh, stage="online_rl_train", knob_prefix="online_rl.train"))
     greedy = dataclasses.replace(sample, temperature=0.0, top_k=0, top_p=1.0)
-    out += episode_programs(cfg, policy, mesh, shapes, stage="eval", rows_per_batch=cfg.eval.rows_per_batch,
-                            group_size=1, rule=greedy, rows_knob="eval.rows_per_batch")
+    out += episode_programs(cfg, policy, mesh, shapes, pipeline.engine_config(cfg.eval), stage="eval", group_size=1,
+                            rule=greedy, rows_knob="eval.rows_per_batch")
     return out
