@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                   batch_size=8, seq_len=128, epochs=4, save_every=1000, progress_bar=True))
     # engine: the rollout engine's fixed shapes (rows = rows_per_batch): decode chunk steps, prompt
     # buckets (one prefill compile each; prompts here are ~30 tokens), cache length (0: the longest
-    # episode of the largest bucket fits), prompts prefilled together (each into its K samples' rows).
+    # episode from the largest bucket used fits), prompts prefilled together (each into its K samples' rows).
     c.rollout = dict(num_problems=512, num_samples=16, temperature=1.0, top_k=0, top_p=1.0,
                      rows_per_batch=512, problems_per_shard=128,
                      engine=dict(chunk_steps=16, prompt_buckets=(32, 64), cache_length=0, prefill_rows=4))
