@@ -14,6 +14,8 @@ from drift_jax.runtime import distributed
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<experiment>.py[:args]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where every stage writes; a rerun resumes", required=True)
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "detect the cluster (TPU pod, SLURM) for jax.distributed")
+_PRECOMPILE = flags.DEFINE_bool("precompile", True, "compile every stage on the real devices before the first "
+                                 "one starts, so a stage that does not fit stops the run in minutes")
 
 
 def main(argv):
@@ -21,7 +23,7 @@ def main(argv):
     logging.getLogger().setLevel(logging.WARNING)  # orbax and absl are chatty at INFO
     logging.getLogger("drift_jax").setLevel(logging.INFO)
     distributed.initialize(auto=_MULTIHOST.value)
-    pipeline.run(_CONFIG.value, _WORKDIR.value)
+    pipeline.run(_CONFIG.value, _WORKDIR.value, precompile=_PRECOMPILE.value)
 
 
 if __name__ == "__main__":

@@ -288,12 +288,16 @@ def stage_eval(cfg, workdir: str, mesh, policy_path: str, name: str) -> dict[str
 # ----------------------------------------------------------------------------- the run
 
 
-def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run(cfg: ml_collections.ConfigDict, workdir: str, precompile: bool = False) -> dict[str, Any]:
     """Runs (or resumes) every stage; returns results.json's content."""
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(cfg.to_json_best_effort(indent=2))
     mesh = sharding.make_mesh(cfg.mesh.to_dict())
+    if precompile:  # every stage compiled on these devices first: one that does not fit stops the run here
+        from drift_jax.preflight import report as preflight  # noqa: PLC0415  (it reads problems through us)
+
+        preflight.precompile(cfg, mesh, os.path.join(workdir, "preflight.json"))
     stages = Stages(workdir)
     ref = stages.run("reference", lambda: stage_reference(cfg, workdir, mesh))
     ref_path = ref["path"]

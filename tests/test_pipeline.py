@@ -28,7 +28,7 @@ def tiny_config():
 
 def test_pipeline_end_to_end_and_resume(tmp_path, capsys):
     cfg = tiny_config()
-    results = pipeline.run(cfg, str(tmp_path))
+    results = pipeline.run(cfg, str(tmp_path), precompile=True)
     methods = results["methods"]
     assert set(methods) == {"reference", "drift"}
     for m in methods.values():
@@ -38,6 +38,11 @@ def test_pipeline_end_to_end_and_resume(tmp_path, capsys):
                  "reference/hf/tokenizer.json", "drift/hf/model.safetensors", "rollouts/rollouts-00001.arrayrecord"):
         assert os.path.exists(tmp_path / name), name
     assert json.loads((tmp_path / "results.json").read_text())["methods"] == methods
+    # main's precompile compiled every stage on these devices before the first one ran.
+    pre = json.loads((tmp_path / "preflight.json").read_text())
+    assert {s["stage"] for s in pre["stages"]} == {"reference_train", "rollout_prefill", "rollout_decode", "train",
+                                                   "eval_prefill", "eval_decode"}
+    assert all(s["fits"] and s["memory_bytes_per_chip"] > 0 for s in pre["stages"])
     ev = json.loads((tmp_path / "eval_drift.json").read_text())
     assert len(ev["solved_turns"]) == 8
     capsys.readouterr()
