@@ -8,6 +8,7 @@ Rooms in data-flow order (each may import only the rooms above it):
   train/       weighted examples -> packed batches -> the weighted-SFT step and loop, checkpoints
   evaluation/  held-out multi@k and correction rates; results.json, report.md, report.png
   baselines/   SFT, SFT on rollouts, RFT and online multi-turn RL on the same data, sampler and trainer
-Entry points at the top: `pipeline.py` (the cached stages), `main.py` (flags) and `evaluate.py` (the
-multi@k command line).
+At the top: `pipeline.py` (the stages), `stages.py` (their markers, keyed by the config and inputs they
+read), `validate.py` (the whole config checked before any stage) and the entry points `main.py` (flags)
+and `evaluate.py` (the multi@k command line).
 """

@@ -9,10 +9,11 @@ Prints one JSON line (multi@k, num_problems); `--out` writes the full result. Th
 """
 
 import json
+import sys
 
 from absl import app, flags
 
-from drift_jax import envs
+from drift_jax import envs, validate
 from drift_jax.evaluation import held_out
 from drift_jax.lm import hf, sharding
 from drift_jax.rollout import episodes
@@ -34,7 +35,18 @@ _OUT = flags.DEFINE_string("out", None, "write the full result as JSON here")
 
 def main(argv) -> None:
     del argv
-    mesh = sharding.make_mesh({k: int(v) for k, v in (kv.split("=") for kv in _MESH.value.split(",") if kv)})
+    try:
+        shape = {k: int(v) for k, v in (kv.split("=") for kv in _MESH.value.split(",") if kv)}
+    except ValueError:
+        sys.exit(f"error: --mesh={_MESH.value!r}: expected axis=size pairs, e.g. data=-1,tensor=2")
+    try:  # every problem with the inputs at once, before any weight is read
+        validate.check_evaluate(policy=_POLICY.value, task=_TASK.value, split=_SPLIT.value,
+                                num_problems=_NUM_PROBLEMS.value, manual_dir=_MANUAL_DIR.value,
+                                max_turns=_MAX_TURNS.value, max_new_tokens=_MAX_NEW_TOKENS.value,
+                                feedback=_FEEDBACK.value, rows_per_batch=_ROWS.value, dtype=_DTYPE.value, mesh=shape)
+    except validate.ConfigError as e:
+        sys.exit(f"error: {e}")
+    mesh = sharding.make_mesh(shape)
     model_config, params = hf.load_hf(_POLICY.value, mesh=mesh, dtype=_DTYPE.value)
     chat = envs.ChatFormat.from_pretrained(_POLICY.value)
     if _TASK.value == "synthetic":

@@ -4,9 +4,11 @@ Baselines run in the same pipeline (`cfg.methods`): the offline ones (`sft`, `sf
 share DRIFT's rollouts and trainer; `online_rl` trains from the reference with the same sampler,
 environment, return and trainer, under a wall-time budget of `cfg.online_rl.budget_ratio` x DRIFT's.
 
-Every stage writes its outputs under the workdir and, last, a marker `stages/<name>.json` holding its
-wall time and summary; a rerun skips stages whose marker exists and resumes the one that stopped
-(rollout shards and trainer checkpoints resume inside a stage). Policies are exchanged as HF
+The config is validated before any stage runs (`validate.py`). Every stage writes its outputs under the
+workdir and, last, a marker `stages/<name>.json` holding its wall time, summary, the config values it
+read and its inputs' digests (`stages.py`); a rerun skips a stage only if those are unchanged, and
+resumes the one that stopped (rollout shards and trainer checkpoints resume inside a stage). `plan`
+declares what each stage reads. Policies are exchanged as HF
 directories (`hf.save_hf` + the tokenizer files), so a trained policy is loadable by transformers and
 by `python -m drift_jax.evaluate`.
 
@@ -21,61 +23,26 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from drift_jax import envs
+from drift_jax import envs, validate
 from drift_jax.baselines import offline, online_rl
 from drift_jax.evaluation import held_out, report
 from drift_jax.lm import hf, model, sharding
 from drift_jax.rollout import driver, engine, episodes, returns, supervision
 from drift_jax.rollout.weights import drift_weights, weight_diagnostics
+from drift_jax.stages import Stage, Stages, reads
 from drift_jax.train import batches, trainer
 
 log = logging.getLogger(__name__)
 # Methods trained offline from the fixed reference: DRIFT and the baselines that share its data and trainer.
 OFFLINE_METHODS = ("drift", "sft_rollouts", "rft", "sft")
-METHODS = ("reference", *OFFLINE_METHODS, "online_rl")
+METHODS = validate.METHODS
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
-
-
-# ----------------------------------------------------------------------------- stage bookkeeping
-
-
-class Stages:
-    """Markers of finished stages and their wall times."""
-
-    def __init__(self, workdir: str):
-        self.dir = os.path.join(workdir, "stages")
-        os.makedirs(self.dir, exist_ok=True)
-
-    def get(self, name: str) -> dict[str, Any] | None:
-        path = os.path.join(self.dir, f"{name}.json")
-        if not os.path.exists(path):
-            return None
-        with open(path) as f:
-            return json.load(f)
-
-    def run(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        done = self.get(name)
-        if done is not None:
-            print(f"[{name}] cached ({done['seconds']:.1f}s when it ran)", flush=True)
-            return done
-        start = time.time()
-        summary = fn() or {}
-        summary["seconds"] = time.time() - start
-        tmp = os.path.join(self.dir, f".{name}.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(summary, f, indent=2, default=float)
-        os.replace(tmp, os.path.join(self.dir, f"{name}.json"))
-        brief = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in summary.items() if np.isscalar(v))
-        print(f"[{name}] done in {summary['seconds']:.1f}s: {brief}", flush=True)
-        return summary
 
 
 # ----------------------------------------------------------------------------- config mapping
@@ -146,7 +113,7 @@ def stage_reference(cfg, workdir: str, mesh) -> dict[str, Any]:
         vocab_size=chat.tokenizer.get_vocab_size(), hidden_size=s.hidden_size, num_layers=s.num_layers,
         num_heads=s.num_heads, num_kv_heads=s.num_kv_heads, head_dim=s.hidden_size // s.num_heads,
         mlp_dim=s.mlp_dim, qkv_bias=True, tie_embeddings=False, architecture="qwen2",
-        max_position_embeddings=1024,
+        max_position_embeddings=validate.SCRATCH_MAX_POSITIONS,
     )
     ref = cfg.reference
     # The demonstrations may come from a related task (ref.task), as an instruct model's data differs
@@ -288,17 +255,77 @@ def stage_eval(cfg, workdir: str, mesh, policy_path: str, name: str) -> dict[str
 # ----------------------------------------------------------------------------- the run
 
 
-def run(cfg: ml_collections.ConfigDict, workdir: str, precompile: bool = False) -> dict[str, Any]:
-    """Runs (or resumes) every stage; returns results.json's content."""
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(cfg.to_json_best_effort(indent=2))
+_TRAIN_LOGISTICS = ("progress_bar", "save_every", "keep", "async_checkpoints", "peak_flops_per_device")
+
+
+def _train_reads(section: ml_collections.ConfigDict) -> dict[str, Any]:
+    """A trainer section without the knobs that do not change what is trained."""
+    return {k: v for k, v in section.to_dict().items() if k not in _TRAIN_LOGISTICS}
+
+
+def plan(cfg: ml_collections.ConfigDict) -> list[Stage]:
+    """The stages `run` will run for this config, in order: the config values and stages each one reads."""
+    dtypes, episode = ("model.param_dtype", "model.compute_dtype"), ("seed", "max_turns", "max_new_tokens", "feedback")
+    sampling = tuple(f"rollout.{k}" for k in ("num_problems", "temperature", "top_k", "top_p"))
+    evals = ("eval.task", "eval.split", "eval.num_problems", *(() if cfg.eval.task.name else ("task",)))
+    if cfg.model.hf_path:
+        out = [Stage("reference", reads(cfg, "model.hf_path"), outputs=(os.path.abspath(cfg.model.hf_path),))]
+    else:
+        demos = () if cfg.reference.task.name else ("task",)
+        scratch = ("model.hf_path", "seed", "feedback", "model.tokenizer_path", "model.scratch", *demos,
+                   *(f"reference.{k}" for k in ("num_demos", "max_wrong_turns", "task")))
+        out = [Stage("reference", reads(cfg, *scratch, **{"reference.train": _train_reads(cfg.reference.train)}),
+                     outputs=("reference/hf",), work=("reference/train", "reference/demos.arrayrecord"))]
+
+    def evaluation(name: str, policy_stage: str) -> Stage:
+        return Stage(f"eval_{name}", reads(cfg, *episode, *dtypes, *evals), (policy_stage,), (f"eval_{name}.json",))
+
+    if "reference" in cfg.methods:
+        out.append(evaluation("reference", "reference"))
+    for name in [m for m in cfg.methods if m in OFFLINE_METHODS]:
+        if name != "sft" and "rollouts" not in {s.name for s in out}:
+            out.append(Stage("rollouts", reads(cfg, *episode, *dtypes, "task", *sampling, "rollout.num_samples",
+                                               "rollout.problems_per_shard"), ("reference",), ("rollouts",)))
+        data = f"{name}/examples.arrayrecord"
+        if name == "sft":
+            out.append(Stage("data_sft", reads(cfg, "seed", "task", "rollout.num_problems", "train.seq_len"),
+                             ("reference",), (data,)))
+        else:
+            keys = ("returns", "drift") if name == "drift" else ("drift.supervision",)
+            out.append(Stage("weights" if name == "drift" else f"data_{name}", reads(cfg, *keys, "train.seq_len"),
+                             ("reference", "rollouts"), (data, f"{name}/weights.npy")))
+        out.append(Stage(f"train_{name}", reads(cfg, "seed", *dtypes, train=_train_reads(cfg.train)),
+                         ("reference", out[-1].name), (f"{name}/hf",), work=(f"{name}/train",)))
+        out.append(evaluation(name, f"train_{name}"))
+    if "online_rl" in cfg.methods:
+        o = {k: v for k, v in cfg.online_rl.to_dict().items() if k != "train"}
+        out.append(Stage("online_rl", reads(cfg, *episode, *dtypes, *evals, "task", "returns", *sampling, online_rl=o,
+                                            **{"online_rl.train": _train_reads(cfg.online_rl.train)}),
+                         ("reference",), ("online_rl/hf",), work=("online_rl/train",)))
+        out.append(evaluation("online_rl", "online_rl"))
+    return out
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str, precompile: bool = False, *, on_change: str = "error") -> dict[str, Any]:
+    """Runs (or resumes) every stage; returns results.json's content.
+
+    The config is validated first (all problems at once, `validate.ConfigError`). Stages cached by an earlier
+    run in `workdir` are reused only if the config values and inputs they read are unchanged; otherwise
+    `on_change="error"` stops with what changed (`stages.StaleStageError`) and `"recompute"` recomputes the
+    changed stages and everything downstream. Each run's config is kept in `workdir/run_configs/`.
+    """
+    validate.check(cfg, workdir=workdir)
+    os.makedirs(os.path.join(workdir, "run_configs"), exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "run_configs", f"{stamp}-{os.getpid()}.json"), "w") as f:
+            f.write(cfg.to_json_best_effort(indent=2))
     mesh = sharding.make_mesh(cfg.mesh.to_dict())
     if precompile:  # every stage compiled on these devices first: one that does not fit stops the run here
         from drift_jax.preflight import report as preflight  # noqa: PLC0415  (it reads problems through us)
 
         preflight.precompile(cfg, mesh, os.path.join(workdir, "preflight.json"))
-    stages = Stages(workdir)
+    stages = Stages(workdir, plan(cfg), on_change, is_writer=jax.process_index() == 0)
     ref = stages.run("reference", lambda: stage_reference(cfg, workdir, mesh))
     ref_path = ref["path"]
     methods: dict[str, dict[str, Any]] = {}
@@ -307,9 +334,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, precompile: bool = False) 
         ev = stages.run("eval_reference", lambda: stage_eval(cfg, workdir, mesh, ref_path, "reference"))
         methods["reference"] = _method_entry(workdir, "reference", ref["seconds"], {})  # its training, if any
         stage_seconds["eval_reference"] = ev["seconds"]
-    unknown = set(cfg.methods) - set(METHODS)
-    if unknown:
-        raise ValueError(f"unknown methods {sorted(unknown)}; available: {', '.join(METHODS)}")
     for name in [m for m in cfg.methods if m in OFFLINE_METHODS]:
         cost, extra = 0.0, {}
         if name != "sft":  # every other method learns from the same reference rollouts

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from configs import quickstart
-from drift_jax import pipeline
+from drift_jax import pipeline, validate
 
 
 def tiny_config():
@@ -122,8 +122,9 @@ def test_online_rl_gets_a_budget_from_drift_and_a_curve_in_the_report(tmp_path):
 def test_unknown_method(tmp_path):
     cfg = tiny_config()
     cfg.methods = ("reference", "ppo")
-    with pytest.raises(ValueError, match="unknown methods.*ppo"):
+    with pytest.raises(validate.ConfigError, match=r"methods: unknown \['ppo'\]; available: reference, drift"):
         pipeline.run(cfg, str(tmp_path))
+    assert not (tmp_path / "reference").exists()  # caught before the reference was trained
 
 
 def test_baseline_free_methods_subset(tmp_path):
@@ -140,11 +141,16 @@ def test_no_successful_group_with_drop_is_a_clear_error(tmp_path):
         pipeline.run(cfg, str(tmp_path))
 
 
-def test_unknown_task_file_is_a_clear_error(tmp_path):
+def test_missing_task_files_are_a_clear_error_before_any_stage(tmp_path):
+    """The task files are the only thing wrong (the reference is trained from scratch on synthetic
+    demonstrations, its tokenizer exists): the error names each file expected, and no stage ran."""
     cfg = tiny_config()
-    cfg.task.name = "math500"
-    cfg.task.data_dir = str(tmp_path / "tfds")
-    cfg.task.manual_dir = str(tmp_path / "missing")
-    cfg.model.hf_path = str(tmp_path / "nowhere")
-    with pytest.raises((FileNotFoundError, ValueError)):
+    cfg.task.update(name="math", data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path / "missing"), knobs={})
+    cfg.reference.task.name = "synthetic"
+    with pytest.raises(validate.ConfigError) as e:
         pipeline.run(cfg, str(tmp_path / "work"))
+    assert e.value.problems == [
+        f"task: no {split} file for math: expected {tmp_path / 'missing' / 'math'}/{split}*.jsonl (or .json, .parquet, "
+        ".csv; subfolders allowed), as exported from the HF hub dataset hendrycks/competition_math or "
+        "EleutherAI/hendrycks_math. Nothing is downloaded at run time." for split in ("train", "test")]
+    assert not (tmp_path / "work" / "stages").exists()
