@@ -9,7 +9,16 @@ types are kept) and <manual_dir>/math500/test*.jsonl. The paper's hyperparameter
 K=16 samples of up to T=5 turns, 512 new tokens per turn, temperature 1.0, gamma 0.9, beta 0.1, lr 5e-6
 constant with 10% warmup, 1 epoch, weight decay 0.1, clip 1.0, 128 sequences per step, bf16 compute.
 Expected (paper, multi@5 on MATH500): base 38.3 -> DRIFT 55.9. Mesh: FSDP over all chips of a
-TPU v4-32 / v5e-32 (16 GiB HBM per v5e chip holds the 3B model and AdamW states sharded 32 ways).
+TPU v4-32 / v5e-32; rollouts and eval hold the bf16 weights whole on every chip (no gather per token).
+
+Preflight on a v5e-32 (README, "Before you launch"; per chip of 15.75 GiB, prompts up to 512 tokens):
+    python -m drift_jax.preflight --config=configs/paper_qwen2_5_3b.py --topology=v5e:4x8 \
+        --config.model.preset=qwen2_5_3b
+rollout prefill 9.94 GiB, decode 10.42 GiB (no collectives per token; roofline 559 tokens/s/chip), train
+step 13.51 GiB (14% headroom; 36 weight all-gathers of 19.9 GB per step; roofline MFU 25%, bound by HBM
+bytes in XLA's model), eval 8.33 / 10.42 GiB. The train step fits by micro_batches=4 (32 rows each: one
+per chip) and a chunked cross-entropy: in one micro-batch it needed 49.7 GB of temporaries (40.7 GiB with
+the chunked loss alone); remat="full" brings it to 5.06 GiB, recomputing every layer's forward.
 """
 
 import ml_collections

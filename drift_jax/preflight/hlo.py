@@ -3,10 +3,11 @@
 XLA's `cost_analysis()` counts a while loop's body once whatever its trip count, and the model scans
 over layers (and the train step over micro-batches), so its totals are a fraction of a step's. Here
 every computation is costed once and weighted by how often it runs: a loop body by its trip count
-(the bound its condition compares the counter with), a fusion or call by its callers.
+(from the counter's start, step and the bound its condition compares it with), a fusion or call by
+its callers.
 
 The cost model follows XLA's HloCostAnalysis: a dot or convolution is 2 x output elements x the
-contracted size (kernel taps that land on dilation holes excluded), an elementwise op one FLOP per
+contracted size (kernel taps that land on padding or dilation holes excluded), an elementwise op one FLOP per
 element, and HBM bytes are the operands and outputs of each top-level instruction. Its FLOPs match
 cost_analysis() on TPU to <1% at one trip per loop; its bytes only roughly (XLA's TPU model is its
 own), so `analysis` uses it for the ratio of a step with true trips to a step with one, applied to
