@@ -16,7 +16,7 @@ Preflight on a v5e-32 (README, "Before you launch"; per chip of 15.75 GiB, promp
         --config.model.preset=qwen2_5_3b
 rollout prefill 9.94 GiB, decode 10.42 GiB (no collectives per token; roofline 559 tokens/s/chip), train
 step 13.51 GiB (14% headroom; 36 weight all-gathers of 19.9 GB per step; roofline MFU 25%, bound by HBM
-bytes in XLA's model), eval 8.33 / 10.42 GiB. The train step fits by micro_batches=4 (32 rows each: one
+bytes, which the preflight overestimates for train steps: README), eval 8.33 / 10.42 GiB. The train step fits by micro_batches=4 (32 rows each: one
 per chip) and a chunked cross-entropy: in one micro-batch it needed 49.7 GB of temporaries (40.7 GiB with
 the chunked loss alone); remat="full" brings it to 5.06 GiB, recomputing every layer's forward.
 """
