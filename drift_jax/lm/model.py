@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Literal
 
 import flax.linen as nn
@@ -25,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from drift_jax.lm import attention
 from drift_jax.lm.rope import apply_rope, rope_inv_freq
 from drift_jax.lm.sharding import constrain
 
@@ -175,44 +175,10 @@ class Attention(nn.Module):
             keys, values = kk, vv
 
         if kv_cache is None:  # training / full forward: causal query blocks, rematerialised
-            out = checkpoint_name(_attend_full(q, keys, values, step.mask_BxTxS), "attention")
+            out = checkpoint_name(attention.causal_blocks(q, keys, values, step.mask_BxTxS), "attention")
         else:
-            out = _attend(q, keys, values, step.mask_BxTxS)
+            out = attention.attend(q, keys, values, step.mask_BxTxS)
         return jnp.einsum("BTNH,NHD->BTD", out, wo.astype(dt)), kv_cache
-
-
-def _attend(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS):
-    """Grouped-query attention without repeating K/V; logits and softmax in float32, probabilities
-    cast back to the compute dtype."""
-    b, t, n, h = q_BxTxNxH.shape
-    k = k_BxSxKxH.shape[2]
-    q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, k, n // k, h)
-    scores = jnp.einsum("BTKGH,BSKH->BKGTS", q_BxTxKxGxH, k_BxSxKxH, preferred_element_type=jnp.float32)
-    scores = scores / math.sqrt(h)
-    scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q_BxTxNxH.dtype)
-    return jnp.einsum("BKGTS,BSKH->BTKGH", probs, v_BxSxKxH).reshape(b, t, n, h)
-
-
-# Causal attention in query blocks: block i's queries see only keys [0, end_i), so the all-masked upper
-# triangle is skipped (~45% of the score work with 8 blocks) and each block's scores stay small (train
-# step ~5% faster on CPU than one [B, N, T, S] block). Rematerialised: the backward recomputes the
-# probabilities (small matmuls) instead of saving them per layer, O(T) rather than O(T^2) memory.
-_QUERY_BLOCKS = 8
-
-
-@functools.partial(jax.checkpoint, prevent_cse=False)
-def _attend_full(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS):
-    """`mask_BxTxS` must be causal (False wherever the key comes after the query)."""
-    t = q_BxTxNxH.shape[1]
-    ends = sorted({t * (i + 1) // _QUERY_BLOCKS for i in range(_QUERY_BLOCKS)} - {0})
-    q_blocks = jnp.split(q_BxTxNxH, ends[:-1], axis=1)
-    mask_blocks = jnp.split(mask_BxTxS, ends[:-1], axis=1)
-    out_blocks = [
-        _attend(q, k_BxSxKxH[:, :end], v_BxSxKxH[:, :end], mask[:, :, :end])
-        for q, mask, end in zip(q_blocks, mask_blocks, ends)
-    ]
-    return jnp.concatenate(out_blocks, axis=1)
 
 
 class MLP(nn.Module):
