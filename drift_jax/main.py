@@ -10,6 +10,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from drift_jax import pipeline, stages, validate
+from drift_jax.preflight.analysis import DoesNotFit
 from drift_jax.runtime import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<experiment>.py[:args]", lock_config=True)
@@ -29,7 +30,7 @@ def main(argv):
     distributed.initialize(auto=_MULTIHOST.value)
     try:
         pipeline.run(_CONFIG.value, _WORKDIR.value, precompile=_PRECOMPILE.value, on_change=_ON_CHANGE.value)
-    except (validate.ConfigError, stages.StaleStageError, stages.Preempted) as e:  # the message says it all
+    except (validate.ConfigError, stages.StaleStageError, stages.Preempted, DoesNotFit) as e:  # the message says it all
         sys.exit(f"error: {e}")
 
 
