@@ -234,16 +234,21 @@ def _read_block(hf_slice, spec: _Map, idx: tuple[slice, ...], our_shape: tuple[i
 # ----------------------------------------------------------------------------- public API
 
 
+def read_config(path: str, dtype: str | None = None) -> ModelConfig:
+    """The ModelConfig of a HF model directory, from its config.json alone (no weights are read)."""
+    config_path = os.path.join(path, "config.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model directory)")
+    with open(config_path) as f:
+        return config_from_hf(json.load(f), dtype)
+
+
 def load_hf(path: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | None = None) -> tuple[ModelConfig, Params]:
     """Reads a HF Llama/Qwen2 directory into (config, params); with `mesh`, each device gets its shard.
 
     `dtype` sets param and compute dtype (default: the checkpoint's `torch_dtype`).
     """
-    config_path = os.path.join(path, "config.json")
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model directory)")
-    with open(config_path) as f:
-        config = config_from_hf(json.load(f), dtype)
+    config = read_config(path, dtype)
     reader = _Reader(path)
     logical = param_logical_axes(config)
     abstract = jax.eval_shape(lambda: _abstract_params(config))

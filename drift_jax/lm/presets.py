@@ -8,9 +8,6 @@ meta-llama/Llama-3.1-8B-Instruct); only those the decoder reads are kept.
 
 from __future__ import annotations
 
-import json
-import os
-
 from drift_jax.lm import hf
 from drift_jax.lm.model import ModelConfig
 
@@ -54,11 +51,7 @@ def from_config(preset: str, hf_path: str, param_dtype: str = "", compute_dtype:
     if preset:
         c = config(preset, param_dtype or None)
     elif hf_path:
-        path = os.path.join(hf_path, "config.json")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{hf_path}: no config.json (expected a Hugging Face model directory)")
-        with open(path) as f:
-            c = hf.config_from_hf(json.load(f), param_dtype or None)
+        c = hf.read_config(hf_path, param_dtype or None)
     else:
         raise ValueError("set model.preset or model.hf_path")
     c = c.replace(dtype=compute_dtype or c.param_dtype)
