@@ -11,7 +11,6 @@ trainers' seq_len. It tokenises the prompts the run will use but never loads wei
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -184,8 +183,7 @@ def policy_problems(path: str, what: str) -> tuple[int | None, list[str]]:
         out.append(f"{what}: {path} has no config.json")
     else:
         try:
-            with open(config) as f:
-                positions = hf.config_from_hf(json.load(f)).max_position_embeddings
+            positions = hf.read_config(path).max_position_embeddings
         except (ValueError, KeyError, TypeError) as e:
             out.append(f"{what}: {config}: {type(e).__name__}: {e}")
     if not any(os.path.isfile(os.path.join(path, n)) for n in ("model.safetensors", "model.safetensors.index.json")):
