@@ -1,16 +1,16 @@
-"""TFDS builders: array_record written and read back without TensorFlow; clear errors for missing files."""
+"""TFDS builders: array_record written and read back without TensorFlow; train/dev/test; clear errors for missing files."""
 
 import json
 
 import pytest
 import tensorflow_datasets as tfds
 
-from drift_jax.envs import MalformedRowError, load_problems, synthetic
+from drift_jax.envs import MalformedRowError, load_local, load_problems, synthetic
 from drift_jax.envs.builders import builder
 
 
 def test_synthetic_round_trip_through_array_record(tmp_path):
-    knobs = dict(num_train=60, num_test=20, seed=1, max_digits=2, modulus=5)
+    knobs = {"num_train": 60, "num_test": 20, "seed": 1, "max_digits": 2, "modulus": 5}
     test = load_problems("synthetic", "test", tmp_path, **knobs)
     assert sorted(test, key=lambda p: p.id) == sorted(
         synthetic.make_problems("test", 20, 1, modulus=5), key=lambda p: p.id
@@ -87,4 +87,23 @@ def test_config_names_spell_every_op():
     from drift_jax.envs.builders import SyntheticConfig
 
     names = {SyntheticConfig.named(ops=ops, modulus=None).name for ops in [("max",), ("+",), ("+", "-", "*")]}
-    assert len(names) == 3 and any(n.endswith("_max_s0_20000x500") for n in names)
+    assert len(names) == 3 and any(n.endswith("_max_s0_20000x500x500") for n in names)
+
+
+def test_synthetic_dev_split_is_prepared_and_disjoint(tmp_path):
+    knobs = {"num_train": 50, "num_test": 10, "num_dev": 15, "seed": 2, "max_digits": 2, "modulus": 7}
+    splits = {s: load_problems("synthetic", s, tmp_path, **knobs) for s in ("train", "dev", "test")}
+    assert [len(splits[s]) for s in ("train", "dev", "test")] == [50, 15, 10]
+    assert sorted(splits["dev"], key=lambda p: p.id) == sorted(
+        synthetic.make_problems("dev", 15, 2, modulus=7), key=lambda p: p.id)
+    ids = [{p.id for p in ps} for ps in splits.values()]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+
+
+def test_file_dev_split_through_the_builder(tmp_path):
+    rows = [{"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"} for i in range(60)]
+    (tmp_path / "m" / "gsm8k").mkdir(parents=True)
+    (tmp_path / "m" / "gsm8k" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train, dev = (load_problems("gsm8k", s, tmp_path / "data", tmp_path / "m") for s in ("train", "dev"))
+    assert dev and len(train) + len(dev) == 60 and not {p.id for p in train} & {p.id for p in dev}
+    assert {p.id for p in dev} == {p.id for p in load_local(tmp_path / "m", "gsm8k", "dev")}

@@ -11,8 +11,8 @@ from drift_jax.envs import SYNTHETIC_TOKENIZER, ChatFormat, synthetic
 QWEN25_TEMPLATE = (
     "{%- if tools %}\n    {{- '<|im_start|>system\\n' }}\n    {%- if messages[0]['role'] == 'system' %}\n"
     "        {{- messages[0]['content'] }}\n    {%- else %}\n"
-    "        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}\n    {%- endif %}\n"  # noqa: E501
-    '    {{- "\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are '  # noqa: E501
+    "        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}\n    {%- endif %}\n"
+    '    {{- "\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are '
     'provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}\n'
     '    {%- for tool in tools %}\n        {{- "\\n" }}\n        {{- tool | tojson }}\n    {%- endfor %}\n'
     '    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments '
@@ -27,7 +27,7 @@ QWEN25_TEMPLATE = (
     "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
     "    {%- elif message.role == \"assistant\" %}\n        {{- '<|im_start|>' + message.role }}\n"
     "        {%- if message.content %}\n            {{- '\\n' + message.content }}\n        {%- endif %}\n"
-    "        {%- for tool_call in message.tool_calls %}\n            {%- if tool_call.function is defined %}\n"  # noqa: E501
+    "        {%- for tool_call in message.tool_calls %}\n            {%- if tool_call.function is defined %}\n"
     "                {%- set tool_call = tool_call.function %}\n            {%- endif %}\n"
     '            {{- \'\\n<tool_call>\\n{"name": "\' }}\n            {{- tool_call.name }}\n'
     '            {{- \'", "arguments": \' }}\n            {{- tool_call.arguments | tojson }}\n'

@@ -1,4 +1,4 @@
-"""Local task files: every hub format, stable ids, and a clear error for each bad-file case."""
+"""Local task files: every hub format, stable ids, the dev split carved from train, and a clear error for each bad-file case."""
 
 import hashlib
 import json
@@ -10,6 +10,7 @@ import pytest
 
 from drift_jax.envs import MalformedRowError, check_math, load_local
 from drift_jax.envs.files import find_files
+from drift_jax.envs.records import in_dev
 
 
 def _jsonl(path, rows, raw_lines=()):
@@ -214,3 +215,27 @@ def test_a_split_with_every_row_skipped_is_an_error(tmp_path):
     _jsonl(tmp_path / "metamath_math" / "train.jsonl", [{"query": "q", "response": "x", "type": "GSM_SV"}])
     with pytest.raises(ValueError, match="no problems left"):
         load_local(tmp_path, "metamath_math", "train")
+
+
+def test_dev_is_carved_from_the_train_files_by_question(tmp_path):
+    """dev holds the training questions whose hash falls in the top DEV_FRACTION of the range, train the
+    rest: disjoint, together the whole file, the same for the rows in any order or file format."""
+    rows = [{"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"} for i in range(300)]
+    _jsonl(tmp_path / "a" / "gsm8k" / "train.jsonl", rows)
+    _parquet(tmp_path / "b" / "gsm8k" / "train.parquet", rows[::-1])
+    train, dev = (load_local(tmp_path / "a", "gsm8k", s) for s in ("train", "dev"))
+    assert not {p.id for p in train} & {p.id for p in dev} and len(train) + len(dev) == 300
+    assert all(in_dev(p.question) for p in dev) and not any(in_dev(p.question) for p in train)
+    assert 15 <= len(dev) <= 45  # ~10% of 300
+    assert [p.question for p in train] == [r["question"] for r in rows if not in_dev(r["question"])]  # file order
+    assert {p.id for p in load_local(tmp_path / "b", "gsm8k", "dev")} == {p.id for p in dev}
+    # A golden value: if it changes, values tuned on dev were tuned on other problems.
+    assert [p.question for p in dev[:3]] == ["What is 0 + 0?", "What is 3 + 3?", "What is 25 + 25?"]
+
+
+def test_dev_split_errors_name_the_train_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no train file for gsm8k \(its dev split is carved from them\)"):
+        load_local(tmp_path, "gsm8k", "dev")
+    _jsonl(tmp_path / "math500" / "test.jsonl", [{"problem": "1+1?", "solution": "\\boxed{2}"}])
+    with pytest.raises(FileNotFoundError, match="no dev file for math500"):  # no train files: no dev either
+        load_local(tmp_path, "math500", "dev")

@@ -1,4 +1,4 @@
-"""The synthetic task: seeded problems, disjoint splits, knobs, verifier, demonstrations, token lengths."""
+"""The synthetic task: seeded problems, disjoint train/dev/test splits, knobs, verifier, demonstrations, token lengths."""
 
 import collections
 
@@ -19,18 +19,35 @@ def test_golden_problem():
     assert (p.question, p.answer, p.id) == ("85+63 mod 5", "3", "c567fa03b2fb5e77")
 
 
-def test_splits_are_disjoint_for_every_seed():
-    train = {p.question for s in range(3) for p in make_problems("train", 800, seed=s)}
-    test = {p.question for s in range(3) for p in make_problems("test", 200, seed=s)}
-    assert not train & test
-    assert all(split_of(q) == "test" for q in test)
+@pytest.mark.parametrize("knobs", [{}, {"num_operands": 4, "ops": ("max",), "modulus": None}])
+def test_train_dev_test_are_disjoint_for_every_seed(knobs):
+    split = {name: {p.question for s in range(3) for p in make_problems(name, n, seed=s, **knobs)}
+             for name, n in (("train", 800), ("dev", 100), ("test", 200))}
+    assert not split["train"] & split["dev"] and not split["train"] & split["test"] and not split["dev"] & split["test"]
+    assert all(split_of(q) == name for name, questions in split.items() for q in questions)
+
+
+def test_split_fractions_of_the_question_space():
+    """With one digit and two operands every one of the 100 sums is a question: the hash puts ~20% in
+    test, ~10% in dev, the rest in train, and the three lists cover the space exactly."""
+    questions = [f"{a}+{b} mod 5" for a in range(10) for b in range(10)]
+    counts = collections.Counter(split_of(q) for q in questions)
+    assert counts == {"train": 67, "test": 24, "dev": 9}  # golden: a question's split never moves
+    found = {n: make_problems(n, c, seed=0, max_digits=1) for n, c in counts.items()}
+    assert sorted(p.question for ps in found.values() for p in ps) == sorted(questions)
+
+
+def test_golden_dev_problems():
+    # If this changes, tuned values chosen on dev were chosen on other problems. Only change it on purpose.
+    assert [p.question for p in make_problems("dev", 3, seed=0)] == ["97+8 mod 5", "95+11 mod 5", "29+7 mod 5"]
+    assert make_problems("dev", 40, seed=2) == make_problems("dev", 40, seed=2)
 
 
 def test_answers_are_right_and_spread_over_the_residues():
     problems = make_problems("train", 700, seed=0)
     for p in problems[:50]:
         expr, mod = p.question.split(" mod ")
-        assert int(p.answer) == eval(expr) % int(mod)  # noqa: S307 - our own arithmetic strings
+        assert int(p.answer) == eval(expr) % int(mod)
     counts = collections.Counter(p.answer for p in problems)
     assert set(counts) == {str(i) for i in range(5)} and min(counts.values()) > 100
 
@@ -38,7 +55,7 @@ def test_answers_are_right_and_spread_over_the_residues():
 def test_difficulty_knobs():
     ps = make_problems("train", 30, seed=0, num_operands=3, max_digits=3, modulus=None, ops=("+", "-", "*"))
     for p in ps:
-        assert int(p.answer) == eval(p.question)  # noqa: S307 - precedence as in Python
+        assert int(p.answer) == eval(p.question)
         assert sum(p.question.count(o) for o in "+-*") >= 2
     assert all(p.question.endswith(" mod 7") for p in make_problems("test", 5, modulus=7))
 
@@ -48,6 +65,8 @@ def test_too_many_problems_is_a_clear_error():
         make_problems("test", 500, max_digits=1)  # only 100 questions exist, ~20 of them in test
     with pytest.raises(ValueError, match="split"):
         make_problems("valid", 5)
+    with pytest.raises(ValueError, match="train split left"):
+        make_problems("train", 5, test_fraction=0.5, dev_fraction=0.5)
 
 
 def test_verifier():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from typing import ClassVar
 
 import tensorflow_datasets as tfds
 from etils import epath
@@ -30,7 +31,11 @@ FEATURES = {
 class _Builder(tfds.core.GeneratorBasedBuilder):
     """Base of our builders: the examples come from `_split_generators`, the code path from this file."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        "1.1.0": "dev split carved from train (synthetic: from the hash range; files: records.in_dev)",
+        "1.0.0": "train and test",
+    }
 
     # tfds finds a builder's source through `importlib_resources`, a package it does not install.
     @py_utils.classproperty
@@ -62,6 +67,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
 
     num_train: int = 20_000
     num_test: int = 500
+    num_dev: int = 500
     seed: int = 0
     num_operands: int = 2
     max_digits: int = 2
@@ -73,24 +79,25 @@ class SyntheticConfig(tfds.core.BuilderConfig):
         """A config whose name spells its knobs, so prepared data of other knobs is never reused."""
         c = cls(name="default", **knobs)
         ops = "".join(_OP_NAMES[o] for o in c.ops)
-        name = f"o{c.num_operands}_d{c.max_digits}_m{c.modulus}_{ops}_s{c.seed}_{c.num_train}x{c.num_test}"
+        sizes = f"{c.num_train}x{c.num_test}x{c.num_dev}"
+        name = f"o{c.num_operands}_d{c.max_digits}_m{c.modulus}_{ops}_s{c.seed}_{sizes}"
         return dataclasses.replace(c, name=name)
 
 
 class DriftSynthetic(_Builder):
     """The synthetic modular-arithmetic task."""
 
-    BUILDER_CONFIGS = [SyntheticConfig.named()]
+    BUILDER_CONFIGS: ClassVar[list[tfds.core.BuilderConfig]] = [SyntheticConfig.named()]
 
     def _info(self) -> tfds.core.DatasetInfo:
         return _info(self, "Synthetic modular arithmetic for the DRIFT CPU quickstart.")
 
     def _split_generators(self, dl_manager):
         c = self.builder_config
-        knobs = dict(num_operands=c.num_operands, max_digits=c.max_digits, modulus=c.modulus, ops=c.ops)
+        knobs = {"num_operands": c.num_operands, "max_digits": c.max_digits, "modulus": c.modulus, "ops": c.ops}
         return {
             split: _examples(synthetic.make_problems(split, n, c.seed, **knobs))
-            for split, n in (("train", c.num_train), ("test", c.num_test))
+            for split, n in (("train", c.num_train), ("dev", c.num_dev), ("test", c.num_test))
         }
 
 
@@ -107,7 +114,7 @@ class _LocalBuilder(_Builder):
         try:
             manual_dir = dl_manager.manual_dir
         except AssertionError as e:  # tfds's own message does not say which files
-            splits = files.FORMATS[fmt][1]
+            splits = dict.fromkeys(files.file_split(s) for s in files.FORMATS[fmt][1])
             raise FileNotFoundError(
                 f"{e}\nExpected for {fmt}: "
                 + ", ".join(f"{dl_manager._manual_dir}/{fmt}/{s}*.jsonl" for s in splits)
@@ -119,6 +126,10 @@ class _LocalBuilder(_Builder):
                 found[split] = _examples(files.load_local(manual_dir, fmt, split))
             except FileNotFoundError as e:
                 missing.append(str(e))
+            except files.EmptySplitError:
+                if files.file_split(split) == split:
+                    raise
+                # A few training rows: no question fell in the carved split; it is left out (not an empty split).
         if not found:
             raise FileNotFoundError("\n".join(missing))
         return found
@@ -127,7 +138,7 @@ class _LocalBuilder(_Builder):
 class DriftMath(_LocalBuilder):
     """MATH, MATH500, the MATH subset of MetaMathQA and GSM8K, from local files."""
 
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n) for n in ("math", "math500", "metamath_math", "gsm8k")]
+    BUILDER_CONFIGS: ClassVar[list[tfds.core.BuilderConfig]] = [tfds.core.BuilderConfig(name=n) for n in ("math", "math500", "metamath_math", "gsm8k")]
 
     def _info(self) -> tfds.core.DatasetInfo:
         return _info(self, "Math problems with gold answers, checked with math-verify.")
@@ -136,7 +147,7 @@ class DriftMath(_LocalBuilder):
 class DriftChoice(_LocalBuilder):
     """GPQA, MMLU-Pro and MMLU-Redux, from local files, options shuffled by problem id."""
 
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n) for n in ("gpqa", "mmlu_pro", "mmlu_redux")]
+    BUILDER_CONFIGS: ClassVar[list[tfds.core.BuilderConfig]] = [tfds.core.BuilderConfig(name=n) for n in ("gpqa", "mmlu_pro", "mmlu_redux")]
 
     def _info(self) -> tfds.core.DatasetInfo:
         return _info(self, "Multiple-choice questions with a gold letter.")
@@ -174,7 +185,9 @@ def load_problems(
     )
     if split not in b.info.splits:
         expected = (
-            f"; expected file: {pathlib.Path(manual_dir or '') / name}/{split}*.jsonl" if manual_dir else ""
+            f"; expected file: {pathlib.Path(manual_dir or '') / name}/{files.file_split(split)}*.jsonl"
+            if manual_dir
+            else ""
         )
         raise ValueError(
             f"{name} has no split {split!r} (prepared: {sorted(b.info.splits)}){expected}. Prepared "

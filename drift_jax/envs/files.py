@@ -1,7 +1,9 @@
 """Local task files (JSONL, JSON, parquet or CSV as exported from the HF hub) read into problems, strictly.
 
 A missing file names the files expected and where; a malformed row names the file, the line (JSONL, CSV)
-or row (JSON array, parquet) and what is wrong; a row left out on purpose is counted and logged.
+or row (JSON array, parquet) and what is wrong; a row left out on purpose is counted and logged. A format
+with training files also has a `dev` split, carved from them by a hash of each question (records.in_dev):
+`train` and `dev` never share a question and are the same on any machine.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pyarrow.parquet as pq
 
 from drift_jax.envs.choice import LETTERS, choice_problem
 from drift_jax.envs.math_task import boxed_contents
-from drift_jax.envs.records import Problem, content_id
+from drift_jax.envs.records import Problem, content_id, in_dev
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,10 @@ EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv")
 
 class MalformedRowError(ValueError):
     """A row of a task file that cannot be turned into a problem."""
+
+
+class EmptySplitError(ValueError):
+    """A split with no problem left (all rows skipped, or a carved split no question fell in)."""
 
 
 class Skip(Exception):
@@ -114,30 +120,41 @@ def _mmlu_redux(row: dict[str, Any]) -> Problem:  # MMLU-Redux: question, choice
 
 
 FORMATS: dict[str, tuple[Callable[[dict[str, Any]], Problem], tuple[str, ...], str]] = {
-    # name: (row converter, splits, where to get it)
-    "math": (_hendrycks_math, ("train", "test"), "hendrycks/competition_math or EleutherAI/hendrycks_math"),
+    # name: (row converter, splits, where to get it); "dev" is carved from the train files (CARVED_FROM)
+    "math": (_hendrycks_math, ("train", "dev", "test"), "hendrycks/competition_math or EleutherAI/hendrycks_math"),
     "math500": (_hendrycks_math, ("test",), "HuggingFaceH4/MATH-500"),
     "metamath_math": (
         _metamath,
-        ("train",),
+        ("train", "dev"),
         "meta-math/MetaMathQA (MetaMathQA-395K.json renamed train.json)",
     ),
-    "gsm8k": (_gsm8k, ("train", "test"), "openai/gsm8k, config main"),
-    "gpqa": (_gpqa, ("train",), "Idavidrein/gpqa, e.g. gpqa_diamond"),
+    "gsm8k": (_gsm8k, ("train", "dev", "test"), "openai/gsm8k, config main"),
+    "gpqa": (_gpqa, ("train", "dev"), "Idavidrein/gpqa, e.g. gpqa_diamond"),
     "mmlu_pro": (_mmlu_pro, ("test", "validation"), "TIGER-Lab/MMLU-Pro"),
     "mmlu_redux": (_mmlu_redux, ("test",), "edinburgh-dawg/mmlu-redux-2.0 (one folder per subject is fine)"),
 }
 
 
+CARVED_FROM = {"dev": "train"}  # a split without files of its own: the files it is carved from
+
+
+def file_split(split: str) -> str:
+    """The split whose files hold `split`'s problems (dev: train)."""
+    return CARVED_FROM.get(split, split)
+
+
 def find_files(manual_dir: str | pathlib.Path, fmt: str, split: str) -> list[pathlib.Path]:
-    """The files of one split: `<manual_dir>/<fmt>/**/<split>*.{jsonl,json,parquet,csv}`, sorted."""
+    """The files of one split: `<manual_dir>/<fmt>/**/<split>*.{jsonl,json,parquet,csv}`, sorted (dev: the
+    train files)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}, expected one of {sorted(FORMATS)}")
     root = pathlib.Path(manual_dir) / fmt
-    found = sorted(p for p in root.rglob(f"{split}*") if p.is_file() and p.name.endswith(EXTENSIONS))
+    source = file_split(split) if split in FORMATS[fmt][1] else split
+    found = sorted(p for p in root.rglob(f"{source}*") if p.is_file() and p.name.endswith(EXTENSIONS))
     if not found:
+        carved = f" (its {split} split is carved from them)" if source != split else ""
         raise FileNotFoundError(
-            f"no {split} file for {fmt}: expected {root}/{split}*.jsonl (or .json, .parquet, .csv; "
+            f"no {source} file for {fmt}{carved}: expected {root}/{source}*.jsonl (or .json, .parquet, .csv; "
             f"subfolders allowed), as exported from the HF hub dataset {FORMATS[fmt][2]}. "
             "Nothing is downloaded at run time."
         )
@@ -185,15 +202,17 @@ def read_rows(path: pathlib.Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def load_local(manual_dir: str | pathlib.Path, fmt: str, split: str) -> list[Problem]:
-    """All problems of a split, in file order, duplicates (equal ids) dropped; skips counted and logged."""
+    """All problems of a split, in file order, duplicates (equal ids) dropped; skips counted and logged.
+    Of the train files, `train` keeps the questions outside the dev split and `dev` the others."""
     convert = FORMATS[fmt][0] if fmt in FORMATS else None
+    carves = fmt in FORMATS and "dev" in FORMATS[fmt][1] and file_split(split) == "train"
     problems: dict[str, Problem] = {}
     skipped: collections.Counter[str] = collections.Counter()
     for path in find_files(manual_dir, fmt, split):
         for where, row in read_rows(path):
             try:
                 if not isinstance(row, dict):
-                    raise ValueError(f"expected an object, found {type(row).__name__}")
+                    raise ValueError(f"expected an object, found {type(row).__name__}")  # noqa: TRY004
                 problem = convert(row)
             except Skip as e:
                 skipped[str(e)] += 1
@@ -203,9 +222,13 @@ def load_local(manual_dir: str | pathlib.Path, fmt: str, split: str) -> list[Pro
             if problem.id in problems:
                 skipped["duplicate of an earlier problem"] += 1
             problems.setdefault(problem.id, problem)
+    if carves:
+        kept = {k: p for k, p in problems.items() if in_dev(p.question) == (split == "dev")}
+        log.info("%s/%s: %d of the %d problems of the train files", fmt, split, len(kept), len(problems))
+        problems = kept
     for reason, count in sorted(skipped.items()):
         log.warning("%s/%s: skipped %d rows: %s", fmt, split, count, reason)
     log.info("%s/%s: %d problems", fmt, split, len(problems))
     if not problems:
-        raise ValueError(f"{fmt}/{split}: no problems left in {manual_dir}/{fmt} (skipped: {dict(skipped)})")
+        raise EmptySplitError(f"{fmt}/{split}: no problems left in {manual_dir}/{fmt} (skipped: {dict(skipped)})")
     return list(problems.values())

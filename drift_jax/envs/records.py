@@ -92,3 +92,17 @@ class StepResult:
 
 
 DEFAULT_FEEDBACK = "Incorrect. Please think again."  # the paper's feedback message
+
+
+DEV_FRACTION = 0.1  # of the training questions, held out for tuning (every task's dev split)
+
+
+def hash_bucket(text: str) -> float:
+    """A number in [0, 1) from a hash of `text` alone: which split a question belongs to, on any machine."""
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 2**32
+
+
+def in_dev(question: str, dev_fraction: float = DEV_FRACTION) -> bool:
+    """Whether a training question is held out as dev. The top of the hash range: carving dev left the
+    test split (the bottom) and the first problems of every seeded train list unchanged."""
+    return hash_bucket(question) >= 1.0 - dev_fraction

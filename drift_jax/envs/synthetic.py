@@ -1,4 +1,4 @@
-"""Synthetic tasks for the CPU quickstart: seeded problems, disjoint splits, demonstrations.
+"""Synthetic tasks for the CPU quickstart: seeded problems, disjoint train/dev/test splits, demonstrations.
 
 Two families, both answered as `<answer>N</answer>` and verified exactly:
 - `ops=("max",)`: the largest of `num_operands` numbers, e.g. `max 85 63 51` (answer `85`). The quickstart
@@ -13,24 +13,34 @@ Two families, both answered as `<answer>N</answer>` and verified exactly:
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 
 import numpy as np
 
-from drift_jax.envs.records import ANSWER_TAG, DEFAULT_FEEDBACK, Problem, Verdict, content_id
+from drift_jax.envs.records import (
+    ANSWER_TAG,
+    DEFAULT_FEEDBACK,
+    DEV_FRACTION,
+    Problem,
+    Verdict,
+    content_id,
+    hash_bucket,
+    in_dev,
+)
 
 INSTRUCTION = "Answer in <answer></answer>."
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "dev")  # the index seeds each split's generator: append, never reorder
 
 _MOD = re.compile(r" mod (\d+)$")
 
 
-def split_of(question: str, test_fraction: float = 0.2) -> str:
-    """The split a question belongs to, from a hash of its text alone."""
-    bucket = int(hashlib.sha256(question.encode()).hexdigest()[:8], 16) / 2**32
-    return "test" if bucket < test_fraction else "train"
+def split_of(question: str, test_fraction: float = 0.2, dev_fraction: float = DEV_FRACTION) -> str:
+    """The split a question belongs to, from a hash of its text alone: the bottom `test_fraction` of the
+    hash range is test, the top `dev_fraction` is dev (tuning), the rest train."""
+    if hash_bucket(question) < test_fraction:
+        return "test"
+    return "dev" if in_dev(question, dev_fraction) else "train"
 
 
 def _evaluate(operands: Sequence[int], ops: Sequence[str]) -> int:
@@ -57,8 +67,10 @@ def make_problems(
     modulus: int | None = 5,
     ops: Sequence[str] = ("+",),
     test_fraction: float = 0.2,
+    dev_fraction: float = DEV_FRACTION,
 ) -> list[Problem]:
-    """`n` distinct problems of `split`, the same for the same arguments on any machine.
+    """`n` distinct problems of `split` ("train", "dev" or "test"), the same for the same arguments on any
+    machine. The splits never share a question, whatever the seeds: a question's split is a hash of its text.
 
     Difficulty: more operands or digits, a modulus that does not divide 10 (7: every digit matters;
     2, 5, 10: only the last), `*` and `-` in `ops`; `modulus=None` asks for the plain value.
@@ -67,6 +79,9 @@ def make_problems(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if num_operands < 2 or max_digits < 1 or (modulus is not None and modulus < 2):
         raise ValueError("need num_operands >= 2, max_digits >= 1, modulus >= 2 or None")
+    if not (0 < test_fraction and 0 < dev_fraction and test_fraction + dev_fraction < 1):
+        raise ValueError(f"need test_fraction > 0, dev_fraction > 0 and a train split left, got "
+                         f"{test_fraction}, {dev_fraction}")
     if tuple(ops) == ("max",):
         modulus = None  # "max 37 82 5": the largest number; retries have a natural candidate set
     elif not ops or set(ops) - {"+", "-", "*"}:
@@ -85,7 +100,7 @@ def make_problems(
             value = _evaluate(operands, chosen)
         if modulus is not None:
             question, value = f"{question} mod {modulus}", value % modulus
-        if question in problems or split_of(question, test_fraction) != split:
+        if question in problems or split_of(question, test_fraction, dev_fraction) != split:
             continue
         answer = str(value)
         problems[question] = Problem(
