@@ -5,7 +5,7 @@
 # Usage: bash launch/quickstart.sh [WORKDIR] [--config.x=y ...]     (a rerun resumes from the cached stages)
 #        CONFIG=configs/quickstart_drift.py bash launch/quickstart.sh    (reference and DRIFT only, ~2 minutes)
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
-ensure_venv requirements.txt
+ensure_venv requirements.lock
 WORKDIR="${1:-$ROOT/runs/quickstart}"
 shift || true
 python -m drift_jax.main --config="${CONFIG:-configs/quickstart.py}" --workdir="$WORKDIR" "$@"

@@ -2,6 +2,6 @@
 # Runs the test suite on CPU with 8 fake devices (creates .venv and installs on first use).
 # Usage: bash launch/test.sh [pytest args]   e.g. bash launch/test.sh -m slow   (the slow end-to-end tests)
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
-ensure_venv requirements-test.txt
+ensure_venv requirements-test.lock
 if [ "$#" -eq 0 ]; then set -- -m "not slow"; fi
 exec python -m pytest -q -p no:cacheprovider "$@"
