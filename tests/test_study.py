@@ -1,0 +1,161 @@
+"""The multi-seed study (drift_jax/evaluation/study.py) against hand-computed and brute-force values, and
+tools/readme_results.py, which writes the README's results block from its study.json."""
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+
+from drift_jax.evaluation import study
+from tools import readme_results
+
+
+def test_t_interval_by_hand():
+    # mean 0.6, sd 0.1, n 3: half width t_{0.975, 2} * 0.1 / sqrt(3), t_{0.975, 2} = 4.302652729911275 (tables)
+    s = study.t_interval([0.5, 0.6, 0.7])
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)
+    assert s["mean"] == pytest.approx(0.6) and s["n"] == 3
+    assert (s["lo"], s["hi"]) == (pytest.approx(0.6 - half), pytest.approx(0.6 + half))
+    # n 5, t_{0.975, 4} = 2.7764451051977987; sd of 1..5 is sqrt(2.5)
+    s = study.t_interval([1, 2, 3, 4, 5])
+    assert s["hi"] - s["mean"] == pytest.approx(2.7764451051977987 * math.sqrt(2.5) / math.sqrt(5))
+    assert study.t_interval([0.4]) == {"mean": 0.4, "lo": None, "hi": None, "n": 1}  # no interval from one seed
+
+
+def test_mcnemar_by_hand():
+    # 7 problems only a solved, 2 only b: p = 2 * P(Binomial(9, 1/2) <= 2) = 2 * (1 + 9 + 36) / 512
+    a = np.array([1] * 7 + [0] * 2 + [1] * 5 + [0] * 4)
+    b = np.array([0] * 7 + [1] * 2 + [1] * 5 + [0] * 4)
+    assert study.mcnemar(a, b) == {"a_only": 7, "b_only": 2, "p": pytest.approx(92 / 512)}
+    assert study.mcnemar(a, a)["p"] == 1.0
+    assert study.mcnemar(b, a)["p"] == pytest.approx(92 / 512)
+
+
+def _exact_bootstrap(d_S):
+    """Every outcome of the two-level resampling (seeds, then each drawn seed's problems) enumerated with its
+    probability: the exact bootstrap distribution of the mean over drawn seeds of the per-seed mean."""
+    per_seed = [[np.mean(d[list(idx)]) for idx in itertools.product(range(len(d)), repeat=len(d))] for d in d_S]
+    values, probs = [], []
+    for seeds in itertools.product(range(len(d_S)), repeat=len(d_S)):
+        outcomes = list(itertools.product(*(per_seed[s] for s in seeds)))
+        values += [np.mean(means) for means in outcomes]
+        probs += [1 / len(d_S) ** len(d_S) / len(outcomes)] * len(outcomes)
+    return np.array(values), np.array(probs)
+
+
+def test_paired_bootstrap_against_exact_enumeration():
+    a_S = [np.array([1, 1, 1, 0]), np.array([1, 0, 1])]
+    b_S = [np.array([0, 1, 0, 0]), np.array([1, 1, 0])]
+    values, probs = _exact_bootstrap([a - b for a, b in zip(a_S, b_S)])
+    below, above = probs[values <= 1e-12].sum(), probs[values >= -1e-12].sum()
+    got = study.paired_bootstrap(a_S, b_S, samples=200_000, seed=1)
+    assert got["diff"] == pytest.approx(np.mean([0.5, 0.0]))  # mean over seeds of the paired differences
+    assert got["p"] == pytest.approx(min(1.0, 2 * min(below, above)), abs=0.01)  # Monte Carlo error ~0.002
+    # The interval's ends are the exact distribution's 2.5% and 97.5% quantiles, up to Monte Carlo error.
+    assert probs[values < got["lo"] - 1e-12].sum() <= 0.025 + 0.005 and probs[values <= got["lo"] + 1e-12].sum() >= 0.025 - 0.005
+    assert probs[values > got["hi"] + 1e-12].sum() <= 0.025 + 0.005 and probs[values >= got["hi"] - 1e-12].sum() >= 0.025 - 0.005
+    assert got == study.paired_bootstrap(a_S, b_S, samples=200_000, seed=1)  # seeded
+
+
+def test_paired_bootstrap_significance():
+    rng = np.random.default_rng(0)
+    better = [(rng.random(400) < 0.7).astype(float) for _ in range(3)]
+    worse = [(rng.random(400) < 0.4).astype(float) for _ in range(3)]
+    assert study.paired_bootstrap(better, worse)["significant"]
+    same = study.paired_bootstrap(better, better)
+    assert same["diff"] == 0 and same["p"] == 1.0 and not same["significant"]
+    # One seed of three disagrees strongly: drawing it three times happens 1 time in 27, so p > 0.05.
+    split = study.paired_bootstrap(better[:2] + worse[2:], worse[:2] + better[2:])
+    assert not split["significant"] and split["p"] > 0.05
+    with pytest.raises(ValueError):
+        study.paired_bootstrap([np.array([1.0])], [np.array([1.0, 0.0])])
+
+
+def _seed_dir(root, seed, solved, wall, ids=None, curve=None):
+    """A fake seed workdir: results.json and eval_<method>.json as pipeline.run writes them."""
+    d = root / f"seed-{seed}"
+    d.mkdir()
+    methods = {}
+    for name, turns in solved.items():
+        turns = np.asarray(turns)
+        entry = {f"multi@{k}": float(np.mean((turns >= 1) & (turns <= k))) for k in (1, 2)}
+        methods[name] = {**entry, "wall_seconds": wall[name], **({"curve": curve} if name == "online_rl" else {})}
+        (d / f"eval_{name}.json").write_text(json.dumps({
+            **entry, "problem_ids": ids or [f"p{seed}-{i}" for i in range(len(turns))],
+            "solved_turns": turns.tolist()}))
+    (d / "results.json").write_text(json.dumps({"methods": methods, "max_turns": 2, "task": "synthetic"}))
+    (d / "stages").mkdir()
+    (d / "stages" / "reference.json").write_text(json.dumps({"summary": {"seconds": 60.0 + seed}}))
+    return str(d)
+
+
+def test_study_of_fake_seeds(tmp_path):
+    rng = np.random.default_rng(3)
+    dirs = []
+    for seed in range(3):
+        solved = {"reference": rng.choice([0, 1, 2], size=200, p=[0.6, 0.2, 0.2]),
+                  "drift": rng.choice([0, 1, 2], size=200, p=[0.2, 0.5, 0.3]),
+                  "online_rl": rng.choice([0, 1, 2], size=200, p=[0.25, 0.45, 0.3])}
+        dirs.append(_seed_dir(tmp_path, seed, solved, {"reference": 30, "drift": 80 + seed, "online_rl": 320},
+                              curve=[[0, 0.3], [70, 0.5], [90, 0.6 + seed / 100], [300, 0.75]]))
+    s = study.write_study(dirs, str(tmp_path / "out"), samples=2000)
+    assert json.loads((tmp_path / "out" / "study.json").read_text()) == json.loads(json.dumps(s))
+    runs = [json.loads((tmp_path / f"seed-{i}" / "results.json").read_text())["methods"] for i in range(3)]
+    per_seed = [r["drift"]["multi@2"] for r in runs]
+    assert s["methods"]["drift"]["multi@2"] == {**study.t_interval(per_seed), "per_seed": per_seed}
+    # online RL at DRIFT's wall time (80-82 s): the curve's point at 70 s on every seed
+    assert s["methods"]["online_rl@drift_time"]["multi@2"]["per_seed"] == [0.5, 0.5, 0.5]
+    assert s["run_seconds"]["per_seed"] == [60.0, 61.0, 62.0] and s["problems_per_seed"] == [200] * 3
+    pairs = {(c["a"], c["b"], c["metric"]): c for c in s["comparisons"]}
+    assert set(pairs) == {(a, b, m) for a, b in [("reference", "drift"), ("reference", "online_rl"),
+                                                 ("drift", "online_rl")] for m in ("multi@2", "multi@1")}
+    ref_drift = pairs[("reference", "drift", "multi@2")]
+    assert ref_drift["significant"] and ref_drift["diff"] == pytest.approx(
+        np.mean([r["reference"]["multi@2"] - r["drift"]["multi@2"] for r in runs]))
+    md = (tmp_path / "out" / "study.md").read_text()
+    assert "| reference vs drift | multi@2 |" in md and "**significant**" in md
+
+
+def test_methods_on_different_problems_are_refused(tmp_path):
+    d = _seed_dir(tmp_path, 0, {"reference": [1, 0], "drift": [1, 1]}, {"reference": 1, "drift": 1})
+    ev = json.loads((tmp_path / "seed-0" / "eval_drift.json").read_text())
+    (tmp_path / "seed-0" / "eval_drift.json").write_text(json.dumps({**ev, "problem_ids": ["x", "y"]}))
+    with pytest.raises(ValueError, match="different problems"):
+        study.summarize([study.load_seed(d)])
+
+
+def _fake_study(diffs: dict[str, tuple[float, bool]]) -> dict:
+    comparisons = [{"a": other, "b": "drift", "metric": "multi@2", "diff": -d, "lo": -d - 0.02, "hi": -d + 0.02,
+                    "p": 0.01 if sig else 0.5, "significant": sig, "mcnemar": {"p": 0.02}} for other, (d, sig) in diffs.items()]
+    cell = {"mean": 0.5, "lo": 0.45, "hi": 0.55}
+    return {"max_turns": 2, "seeds": 3, "machine": {"processor": "x86_64", "cpus": 2, "platform": "Linux"},
+            "run_seconds": {"mean": 600.0}, "problems_per_seed": [1000], "interval": "95% t", "test": "paired bootstrap",
+            "methods": {m: {"multi@1": cell, "multi@2": cell, "wall_seconds": {"mean": 80.0}} for m in ["drift", *diffs]},
+            "comparisons": comparisons}
+
+
+def test_readme_block_between_the_markers(tmp_path):
+    s = _fake_study({"sft": (0.10, True), "sft_rollouts": (0.01, False), "online_rl": (-0.05, True)})
+    block = readme_results.results_block(s)
+    assert "| sft | +10.0 | [+8.0, +12.0] |" in block  # DRIFT - sft, though study.py stored sft - drift
+    assert "single-turn SFT: the paper has DRIFT above; here DRIFT +10.0 points [+8.0, +12.0]: agrees." in block
+    assert "SFT-5turn): the paper has DRIFT above; here DRIFT +1.0 points [-1.0, +3.0]: does not show it" in block
+    assert "online RL is significantly better" in block
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{readme_results.BEGIN}\nold numbers 99.9\n{readme_results.END}\nafter\n")
+    assert readme_results.main([str(_write(tmp_path, s)), f"--readme={readme}", "--check"]) == 1
+    assert readme_results.main([str(_write(tmp_path, s)), f"--readme={readme}"]) == 0
+    text = readme.read_text()
+    assert text.startswith("# x\n\nbefore\n<!-- results:begin -->") and text.endswith("<!-- results:end -->\nafter\n")
+    assert "99.9" not in text
+    assert readme_results.main([str(_write(tmp_path, s)), f"--readme={readme}", "--check"]) == 0
+    with pytest.raises(ValueError, match="no results block"):
+        readme_results.replace_block("no markers", block)
+
+
+def _write(tmp_path, s):
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(s))
+    return path
