@@ -159,3 +159,35 @@ def _write(tmp_path, s):
     path = tmp_path / "study.json"
     path.write_text(json.dumps(s))
     return path
+
+
+TINY_FLAGS = [  # tests/test_pipeline.py's tiny_config as --config flags (reference and DRIFT, seconds per stage)
+    "--config.methods=('reference','drift')", "--config.max_turns=2", "--config.mesh.data=4", "--config.mesh.tensor=2",
+    "--config.model.scratch.hidden_size=32", "--config.model.scratch.num_layers=1", "--config.model.scratch.num_heads=2",
+    "--config.model.scratch.num_kv_heads=1", "--config.model.scratch.mlp_dim=64", "--config.reference.num_demos=64",
+    "--config.reference.train.epochs=1", "--config.reference.train.progress_bar=False", "--config.rollout.num_problems=6",
+    "--config.rollout.num_samples=2", "--config.rollout.rows_per_batch=8", "--config.rollout.problems_per_shard=4",
+    "--config.train.epochs=1", "--config.train.batch_size=4", "--config.train.seq_len=96",
+    "--config.train.progress_bar=False", "--config.eval.num_problems=8", "--config.eval.rows_per_batch=8",
+    "--config.drift.all_fail=keep", "--precompile=false",
+]
+
+
+@pytest.mark.slow
+def test_study_script_runs_seeds_and_aggregates(tmp_path):
+    """`SEEDS=2 FIRST=5 bash launch/study.sh` on a tiny config: seed-5 and seed-6 run with their seeds,
+    study.json aggregates exactly their eval files (~2-4 minutes on 2 cores)."""
+    import os
+    import pathlib
+    import subprocess
+
+    root = pathlib.Path(__file__).parents[1]
+    subprocess.run(["bash", "launch/study.sh", str(tmp_path), *TINY_FLAGS], cwd=root, check=True,
+                   env={**os.environ, "SEEDS": "2", "FIRST": "5"}, stdout=subprocess.DEVNULL)
+    s = json.loads((tmp_path / "study.json").read_text())
+    assert s["seeds"] == 2 and s["workdirs"] == [str(tmp_path / "seed-5"), str(tmp_path / "seed-6")]
+    configs = [json.loads(next((tmp_path / f"seed-{i}" / "run_configs").glob("*.json")).read_text()) for i in (5, 6)]
+    assert [c["seed"] for c in configs] == [5, 6]
+    solved = [json.loads((tmp_path / f"seed-{i}" / "eval_drift.json").read_text())["multi@2"] for i in (5, 6)]
+    assert s["methods"]["drift"]["multi@2"]["per_seed"] == solved
+    assert "| reference vs drift | multi@2 |" in (tmp_path / "study.md").read_text()

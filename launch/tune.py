@@ -1,0 +1,164 @@
+"""Chooses the quickstart's tuned values on the dev split, never the test split, and saves every result.
+
+    python launch/tune.py --workdir=runs/tune                                  # every group, seed 0
+    python launch/tune.py --workdir=runs/tune --groups=all_fail,beta --seeds=0,1
+    python launch/tune.py --workdir=runs/tune --dry_run                        # print the runs only
+    python launch/tune.py --workdir=runs/tune --config.rollout.num_problems=256  # extra flags go to every run
+
+Groups (GROUPS below): DRIFT's all-fail policy and beta, the offline methods' epochs (each method's best is
+its budget: drift, sft_rollouts, rft, sft), online RL's kl_coef x lr (at 4x DRIFT's wall time). Each point
+is `python -m drift_jax.main --config=BASE --workdir=WORKDIR/seed-S/<group>/<point> --config.seed=S
+--config.eval.split=dev <overrides>`: every method is evaluated on the dev problems (disjoint from train and
+test). Per seed, a `base` point (the config as it is, reference and DRIFT) runs first; every other point
+starts from hard links of its stages, and `--on_change=recompute` reruns only the stages its overrides
+change (the reference, its rollouts and their dev evaluation are computed once per seed).
+
+Writes WORKDIR/tune.json (every point's dev multi@k per method and seed, and the value each group chose by
+the mean over seeds of multi@max_turns) and WORKDIR/tune.md; a rerun resumes (finished points are cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+OFFLINE = ("drift", "sft_rollouts", "rft", "sft")
+# group: (methods run, methods the choice is made for, points as {dotted config key: value}).
+GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...], list[dict[str, Any]]]] = {
+    "all_fail": (("reference", "drift"), ("drift",), [{"drift.all_fail": v} for v in ("keep", "drop", "batch")]),
+    "beta": (("reference", "drift"), ("drift",), [{"drift.beta": v} for v in (0.03, 0.1, 0.3, 1.0)]),
+    "epochs": (("reference", *OFFLINE), OFFLINE, [{"train.epochs": v} for v in (1, 2, 3, 5, 8, 12)]),
+    "online_rl": (("reference", "drift", "online_rl"), ("online_rl",),
+                  [{"online_rl.kl_coef": k, "online_rl.train.lr": lr} for k in (0.0, 0.01, 0.1) for lr in (3e-4, 1e-3, 2e-3)]),
+}
+# What the base run keeps out of the points it is linked into (they write their own).
+_NOT_LINKED = ("run_configs", "replaced", "results.json", "report.md", "report.png", "preflight.json")
+
+
+def point_name(overrides: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in overrides.items()).replace("/", "_") or "base"
+
+
+def command(base: str, workdir: str, seed: int, methods: tuple[str, ...], overrides: dict[str, Any],
+            extra: list[str]) -> list[str]:
+    """The pipeline run of one point: evaluated on dev, the seed and methods set, overrides last."""
+    return [sys.executable, "-m", "drift_jax.main", f"--config={base}", f"--workdir={workdir}",
+            f"--config.seed={seed}", "--config.eval.split=dev", f"--config.methods={tuple(methods)!r}".replace(" ", ""),
+            "--on_change=recompute", *extra, *(f"--config.{k}={v}" for k, v in overrides.items())]
+
+
+def link_stages(src: str, dst: str) -> None:
+    """Hard links of every stage output and marker of `src` in `dst` (a fresh point): equal digests, so the
+    stages whose config values are unchanged are cached there, and no byte is copied."""
+    if os.path.exists(os.path.join(dst, "stages")):
+        return  # the point ran (or started) before: its own stages
+    os.makedirs(dst, exist_ok=True)
+    for name in os.listdir(src):
+        if name in _NOT_LINKED or name.startswith("."):
+            continue
+        path = os.path.join(src, name)
+        if os.path.isdir(path):
+            shutil.copytree(path, os.path.join(dst, name), copy_function=os.link)
+        else:
+            os.link(path, os.path.join(dst, name))
+
+
+def dev_results(workdir: str) -> dict[str, dict[str, float]]:
+    """{method: {multi@k: value}} of a finished point's results.json (dev problems)."""
+    with open(os.path.join(workdir, "results.json")) as f:
+        methods = json.load(f)["methods"]
+    return {m: {k: v for k, v in r.items() if k.startswith("multi@") or k == "wall_seconds"} for m, r in methods.items()}
+
+
+def choose(points: list[dict[str, Any]], methods: tuple[str, ...], metric: str) -> dict[str, Any]:
+    """Per method, the point with the highest mean over seeds of `metric` (ties: the earlier point)."""
+    chosen = {}
+    for m in methods:
+        scored = [(p["mean"][m], -i, p) for i, p in enumerate(points) if m in p.get("mean", {})]
+        if scored:
+            value, _, best = max(scored, key=lambda s: s[:2])
+            chosen[m] = {"overrides": best["overrides"], metric: value}
+    return chosen
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--base", default="configs/quickstart.py")
+    p.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated, of {', '.join(GROUPS)}")
+    p.add_argument("--seeds", default="0", help="comma-separated; choices use the mean over them")
+    p.add_argument("--max_turns", type=int, default=5, help="the metric is multi@max_turns (the base config's)")
+    p.add_argument("--dry_run", action="store_true")
+    args, extra = p.parse_known_args()
+    groups = [g for g in args.groups.split(",") if g]
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        sys.exit(f"unknown groups {sorted(unknown)}; known: {', '.join(GROUPS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    metric = f"multi@{args.max_turns}"
+    summary: dict[str, Any] = {"base": args.base, "split": "dev", "metric": metric, "seeds": seeds, "extra_flags": extra,
+                               "groups": {}}
+
+    def run(workdir: str, seed: int, methods, overrides) -> dict[str, Any] | None:
+        cmd = command(args.base, workdir, seed, methods, overrides, extra)
+        print(" ".join(cmd), flush=True)
+        if args.dry_run:
+            return None
+        subprocess.run(cmd, check=True)
+        return dev_results(workdir)
+
+    bases = {s: os.path.join(args.workdir, f"seed-{s}", "base") for s in seeds}
+    summary["base_results"] = {s: run(bases[s], s, ("reference", "drift"), {}) for s in seeds}
+    for g in groups:
+        methods, decides, grid = GROUPS[g]
+        points = []
+        for overrides in grid:
+            point = {"name": point_name(overrides), "overrides": overrides, "results": {}}
+            for s in seeds:
+                workdir = os.path.join(args.workdir, f"seed-{s}", g, point["name"])
+                if not args.dry_run:
+                    link_stages(bases[s], workdir)
+                point["results"][s] = run(workdir, s, methods, overrides)
+            if not args.dry_run:
+                point["mean"] = {m: sum(point["results"][s][m][metric] for s in seeds) / len(seeds) for m in methods}
+            points.append(point)
+        summary["groups"][g] = {"methods": methods, "decides": decides, "points": points,
+                                "chosen": {} if args.dry_run else choose(points, decides, metric)}
+        if not args.dry_run:
+            write(args.workdir, summary)
+    if not args.dry_run:
+        with open(os.path.join(args.workdir, "tune.md")) as f:
+            print(f.read())
+
+
+def write(workdir: str, summary: dict[str, Any]) -> None:
+    """tune.json (everything) and tune.md (a table per group, the choice marked)."""
+    with open(os.path.join(workdir, "tune.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    metric = summary["metric"]
+    lines = [f"# Tuning on the dev split ({metric}, mean over seeds {summary['seeds']})", "",
+             f"Base config {summary['base']}; extra flags {' '.join(summary['extra_flags']) or 'none'}.", ""]
+    for g, group in summary["groups"].items():
+        methods = group["methods"]
+        lines += [f"## {g} (chosen for {', '.join(group['decides'])})", "",
+                  "| point | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
+        for point in group["points"]:
+            cells = []
+            for m in methods:
+                best = group["chosen"].get(m, {}).get("overrides") == point["overrides"]
+                value = f"{100 * point['mean'][m]:.1f}"
+                cells.append(f"**{value}**" if best else value)
+            lines.append(f"| {point['name']} | " + " | ".join(cells) + " |")
+        lines += [""] + [f"- {m}: {point_name(c['overrides'])} ({100 * c[metric]:.1f})" for m, c in group["chosen"].items()]
+        lines.append("")
+    with open(os.path.join(workdir, "tune.md"), "w") as f:
+        f.write("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
