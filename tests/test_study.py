@@ -18,10 +18,12 @@ def test_t_interval_by_hand():
     half = 4.302652729911275 * 0.1 / math.sqrt(3)
     assert s["mean"] == pytest.approx(0.6) and s["n"] == 3
     assert (s["lo"], s["hi"]) == (pytest.approx(0.6 - half), pytest.approx(0.6 + half))
+    pred = 4.302652729911275 * 0.1 * math.sqrt(1 + 1 / 3)  # one new seed: sd * sqrt(1 + 1/n)
+    assert (s["pred_lo"], s["pred_hi"]) == (pytest.approx(0.6 - pred), pytest.approx(0.6 + pred))
     # n 5, t_{0.975, 4} = 2.7764451051977987; sd of 1..5 is sqrt(2.5)
     s = study.t_interval([1, 2, 3, 4, 5])
     assert s["hi"] - s["mean"] == pytest.approx(2.7764451051977987 * math.sqrt(2.5) / math.sqrt(5))
-    assert study.t_interval([0.4]) == {"mean": 0.4, "lo": None, "hi": None, "n": 1}  # no interval from one seed
+    assert study.t_interval([0.4]) == {"mean": 0.4, "lo": None, "hi": None, "pred_lo": None, "pred_hi": None, "n": 1}
 
 
 def test_mcnemar_by_hand():
@@ -115,7 +117,7 @@ def test_study_of_fake_seeds(tmp_path):
     assert ref_drift["significant"] and ref_drift["diff"] == pytest.approx(
         np.mean([r["reference"]["multi@2"] - r["drift"]["multi@2"] for r in runs]))
     md = (tmp_path / "out" / "study.md").read_text()
-    assert "| reference vs drift | multi@2 |" in md and "**significant**" in md
+    assert "| reference vs drift | multi@2 |" in md and "**significant**" in md and "prediction interval: reference [" in md
 
 
 def test_methods_on_different_problems_are_refused(tmp_path):
@@ -129,7 +131,7 @@ def test_methods_on_different_problems_are_refused(tmp_path):
 def _fake_study(diffs: dict[str, tuple[float, bool]]) -> dict:
     comparisons = [{"a": other, "b": "drift", "metric": "multi@2", "diff": -d, "lo": -d - 0.02, "hi": -d + 0.02,
                     "p": 0.01 if sig else 0.5, "significant": sig, "mcnemar": {"p": 0.02}} for other, (d, sig) in diffs.items()]
-    cell = {"mean": 0.5, "lo": 0.45, "hi": 0.55}
+    cell = {"mean": 0.5, "lo": 0.45, "hi": 0.55, "pred_lo": 0.3, "pred_hi": 0.7}
     return {"max_turns": 2, "seeds": 3, "machine": {"processor": "x86_64", "cpus": 2, "platform": "Linux"},
             "run_seconds": {"mean": 600.0}, "problems_per_seed": [1000], "interval": "95% t", "test": "paired bootstrap",
             "methods": {m: {"multi@1": cell, "multi@2": cell, "wall_seconds": {"mean": 80.0}} for m in ["drift", *diffs]},
@@ -143,6 +145,7 @@ def test_readme_block_between_the_markers(tmp_path):
     assert "single-turn SFT: the paper has DRIFT above; here DRIFT +10.0 points [+8.0, +12.0]: agrees." in block
     assert "SFT-5turn): the paper has DRIFT above; here DRIFT +1.0 points [-1.0, +3.0]: does not show it" in block
     assert "online RL is significantly better" in block
+    assert "within the 95% prediction interval: drift [30.0, 70.0]; sft [30.0, 70.0]" in block
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\nbefore\n{readme_results.BEGIN}\nold numbers 99.9\n{readme_results.END}\nafter\n")
     assert readme_results.main([str(_write(tmp_path, s)), f"--readme={readme}", "--check"]) == 1

@@ -75,6 +75,11 @@ def results_block(study: Mapping[str, Any], source: str = "runs/study/study.json
         cells = [_cell(s[k]) if k in s else "-" for k in metrics]
         wall = f"{s['wall_seconds']['mean']:.0f}" if "wall_seconds" in s else "-"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {wall} |")
+    new = [f"{n} [{_pct(s[key]['pred_lo'])}, {_pct(s[key]['pred_hi'])}]" for n, s in study["methods"].items()
+           if key in s and s[key].get("pred_lo") is not None]
+    if new:
+        lines += ["", f"One new seed (a single `bash launch/quickstart.sh` run) should land, {key}, within the 95% "
+                  "prediction interval: " + "; ".join(new) + "."]
     rows = [(o, _drift_vs(study, o, key)) for o in study["methods"] if o != "drift"]
     rows = [(o, c) for o, c in rows if c is not None]
     if rows:

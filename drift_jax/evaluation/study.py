@@ -6,6 +6,7 @@ Reads each seed's results.json and eval_<method>.json (every problem's first sol
 writes OUT_DIR/study.json and study.md. Statistics:
 - per method and metric, the mean over seeds and a 95% Student t interval (n - 1 degrees of freedom;
   none with one seed): it covers seed-to-seed variation (reference, rollouts, data order, eval problems);
+  and the 95% prediction interval of one new seed, where a single run (the quickstart) should land;
 - per pair of methods, a paired bootstrap of the difference in multi@k on the same held-out problems:
   seeds resampled with replacement, then problems within each drawn seed, the statistic the mean over the
   drawn seeds of the per-seed difference. A difference is significant when its 95% percentile interval
@@ -36,15 +37,19 @@ BOOTSTRAP_SAMPLES = 10_000
 
 
 def t_interval(values: Sequence[float], level: float = LEVEL) -> dict[str, Any]:
-    """Mean and the Student t interval mean +- t_{(1+level)/2, n-1} * sd / sqrt(n) (lo = hi = None for n < 2)."""
+    """Mean, the Student t interval of the mean, mean +- t_{(1+level)/2, n-1} * sd / sqrt(n), and the
+    prediction interval of one more seed, mean +- t * sd * sqrt(1 + 1/n) (where a single new run, such as
+    the quickstart, should fall); None for fewer than 2 values."""
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
         raise ValueError("no values")
     mean = float(x.mean())
     if x.size < 2:
-        return {"mean": mean, "lo": None, "hi": None, "n": 1}
-    half = float(stats.t.ppf((1 + level) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": int(x.size)}
+        return {"mean": mean, "lo": None, "hi": None, "pred_lo": None, "pred_hi": None, "n": 1}
+    t, sd = float(stats.t.ppf((1 + level) / 2, x.size - 1)), float(x.std(ddof=1))
+    half, pred = t * sd / math.sqrt(x.size), t * sd * math.sqrt(1 + 1 / x.size)
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "pred_lo": mean - pred, "pred_hi": mean + pred,
+            "n": int(x.size)}
 
 
 def solved_within(solved_turns: Sequence[int], k: int) -> np.ndarray:
@@ -188,6 +193,11 @@ def markdown(study: Mapping[str, Any]) -> str:
         cells = [_cell(m[k]) if k in m else "-" for k in metrics]
         wall = f"{m['wall_seconds']['mean']:.0f}" if "wall_seconds" in m else "-"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {wall} |")
+    key = metrics[-1]
+    new = [f"{n} [{_pct(m[key]['pred_lo'])}, {_pct(m[key]['pred_hi'])}]" for n, m in study["methods"].items()
+           if key in m and m[key].get("pred_lo") is not None]
+    if new:
+        lines += ["", f"One new seed, {key}, 95% prediction interval: " + "; ".join(new) + "."]
     lines += ["", "## Paired comparisons (same held-out problems per seed)", "", study["test"] + ".", "",
               "| a vs b | metric | a - b | 95% interval | p (bootstrap) | McNemar p | |", "|---|---|---|---|---|---|---|"]
     for c in study["comparisons"]:
