@@ -79,7 +79,8 @@ def choose(points: list[dict[str, Any]], methods: tuple[str, ...], metric: str) 
     """Per method, the point with the highest mean over seeds of `metric` (ties: the earlier point)."""
     chosen = {}
     for m in methods:
-        scored = [(p["mean"][m], -i, p) for i, p in enumerate(points) if m in p.get("mean", {})]
+        # A point that failed on some seed is not chosen: its mean would be over fewer seeds.
+        scored = [(p["mean"][m], -i, p) for i, p in enumerate(points) if m in p.get("mean", {}) and not p["failed_seeds"]]
         if scored:
             value, _, best = max(scored, key=lambda s: s[:2])
             chosen[m] = {"overrides": best["overrides"], metric: value}
@@ -109,7 +110,9 @@ def main() -> None:
         print(" ".join(cmd), flush=True)
         if args.dry_run:
             return None
-        subprocess.run(cmd, check=True)
+        if subprocess.run(cmd, check=False).returncode != 0:  # e.g. all_fail=drop, no success: recorded, not fatal
+            print(f"[tune] {workdir} failed; recorded as failed", flush=True)
+            return None
         return dev_results(workdir)
 
     bases = {s: os.path.join(args.workdir, f"seed-{s}", "base") for s in seeds}
@@ -125,7 +128,9 @@ def main() -> None:
                     link_stages(bases[s], workdir)
                 point["results"][s] = run(workdir, s, methods, overrides)
             if not args.dry_run:
-                point["mean"] = {m: sum(point["results"][s][m][metric] for s in seeds) / len(seeds) for m in methods}
+                done = [point["results"][s] for s in seeds if point["results"][s] is not None]
+                point["failed_seeds"] = [s for s in seeds if point["results"][s] is None]
+                point["mean"] = {m: sum(r[m][metric] for r in done) / len(done) for m in methods} if done else {}
             points.append(point)
         summary["groups"][g] = {"methods": methods, "decides": decides, "points": points,
                                 "chosen": {} if args.dry_run else choose(points, decides, metric)}
@@ -151,7 +156,7 @@ def write(workdir: str, summary: dict[str, Any]) -> None:
             cells = []
             for m in methods:
                 best = group["chosen"].get(m, {}).get("overrides") == point["overrides"]
-                value = f"{100 * point['mean'][m]:.1f}"
+                value = f"{100 * point['mean'][m]:.1f}" if m in point["mean"] else "failed"
                 cells.append(f"**{value}**" if best else value)
             lines.append(f"| {point['name']} | " + " | ".join(cells) + " |")
         lines += [""] + [f"- {m}: {point_name(c['overrides'])} ({100 * c[metric]:.1f})" for m, c in group["chosen"].items()]

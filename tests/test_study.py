@@ -194,3 +194,34 @@ def test_study_script_runs_seeds_and_aggregates(tmp_path):
     solved = [json.loads((tmp_path / f"seed-{i}" / "eval_drift.json").read_text())["multi@2"] for i in (5, 6)]
     assert s["methods"]["drift"]["multi@2"]["per_seed"] == solved
     assert "| reference vs drift | multi@2 |" in (tmp_path / "study.md").read_text()
+
+
+def _tune():
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location("tune", pathlib.Path(__file__).parents[1] / "launch" / "tune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tune_runs_on_dev_and_chooses_by_the_mean(tmp_path):
+    tune = _tune()
+    cmd = tune.command("configs/quickstart.py", "w", 1, ("reference", "drift"), {"drift.beta": 0.3}, ["--config.x=1"])
+    assert "--config.eval.split=dev" in cmd and not any("split=test" in c for c in cmd)
+    assert cmd[-2:] == ["--config.x=1", "--config.drift.beta=0.3"]  # the point's value wins over extra flags
+    points = [{"overrides": {"b": 1}, "mean": {"drift": 0.5}, "failed_seeds": []},
+              {"overrides": {"b": 2}, "mean": {"drift": 0.6}, "failed_seeds": []},
+              {"overrides": {"b": 3}, "mean": {"drift": 0.6}, "failed_seeds": []},  # a tie: the earlier point
+              {"overrides": {"b": 4}, "mean": {"drift": 0.9}, "failed_seeds": [1]}]  # failed on a seed: never chosen
+    assert tune.choose(points, ("drift",), "multi@5") == {"drift": {"overrides": {"b": 2}, "multi@5": 0.6}}
+    # A point starts from hard links of its base's stages (not its results or configs).
+    base = tmp_path / "base"
+    (base / "stages").mkdir(parents=True)
+    (base / "stages" / "reference.json").write_text("{}")
+    (base / "run_configs").mkdir()
+    (base / "results.json").write_text("{}")
+    tune.link_stages(str(base), str(tmp_path / "point"))
+    assert (tmp_path / "point" / "stages" / "reference.json").stat().st_ino == (base / "stages" / "reference.json").stat().st_ino
+    assert not (tmp_path / "point" / "results.json").exists() and not (tmp_path / "point" / "run_configs").exists()
