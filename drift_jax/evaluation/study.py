@@ -30,6 +30,7 @@ from etils import epath
 from scipy import stats
 
 LEVEL = 0.95
+ORDER = ("reference", "drift", "sft_rollouts", "rft", "sft", "online_rl")  # results.json sorts them by name
 BOOTSTRAP_SAMPLES = 10_000
 
 
@@ -134,7 +135,8 @@ def summarize(runs: Sequence[Mapping[str, Any]], *, samples: int = BOOTSTRAP_SAM
     if len(turns) != 1:
         raise ValueError(f"the seeds ran with different max_turns {sorted(turns)}")
     max_turns = turns.pop()
-    names = [m for m in runs[0]["methods"] if all(m in r["methods"] for r in runs)]
+    names = sorted((m for m in runs[0]["methods"] if all(m in r["methods"] for r in runs)),
+                   key=lambda m: (ORDER.index(m) if m in ORDER else len(ORDER), m))
     metrics = [f"multi@{k}" for k in range(1, max_turns + 1)]
     methods: dict[str, Any] = {}
     for name in names:
