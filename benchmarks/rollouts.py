@@ -28,7 +28,7 @@ from drift_jax.lm import model, sampling  # noqa: E402
 from drift_jax.rollout import engine  # noqa: E402
 
 PROBLEMS, K, TURNS, MAX_NEW, MEDIAN, P_SUCCESS = 12, 16, 5, 512, 40, 0.3
-ROWS = 16  # 12 episodes per row: the stage's drain (rows idle once no episode is left) costs ~10%
+ROWS = 16  # 12 episodes per row; the drain (no episode left to start) narrows to 8 then 4 rows
 FEEDBACK = 12  # forced tokens after a turn: end of turn + feedback message
 ENGINE = engine.EngineConfig(rows=ROWS, chunk_steps=8, prompt_buckets=(64, 128, 256, 512), prefill_rows=2)
 CONFIG = model.ModelConfig(vocab_size=512, hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=1, head_dim=32,
@@ -94,13 +94,15 @@ def main():
         "utilisation": round(useful / stats.row_steps, 3),
         "static_utilisation": round(useful / stats_static.row_steps, 3),
         # Where the engine's other row-steps go: forced end-of-turn + feedback tokens; the rest is rows
-        # idle until the chunk ends, tokens sampled past a solved episode, and the stage's drain.
+        # idle until the chunk ends, tokens sampled past a solved episode, and idle rows of the drain
+        # (fewer since it narrows the rows: `narrowed` times).
         "forced_share": round(stats.forced / stats.row_steps, 3),
         "utilisation_before_drain": round(stats.steady_sampled / stats.steady_row_steps, 3),
         "seconds": round(t, 2), "static_seconds": round(t_static, 2),
         "compile_seconds": round(c, 2), "static_compile_seconds": round(c_static, 2),
         "useful_tokens": useful, "episodes": len(jobs), "turns": len(turns),
-        "rows": ROWS, "chunk_steps": ENGINE.chunk_steps, "prefills": stats.prefills,
+        "rows": ROWS, "chunk_steps": ENGINE.chunk_steps, "row_widths": engine.row_widths(ROWS, ENGINE.row_buckets),
+        "narrowed": stats.narrowed, "prefills": stats.prefills,
         "static_prefills": stats_static.prefills, "trajectories_equal": True, "devices": jax.device_count(),
     }))
 

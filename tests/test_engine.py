@@ -1,5 +1,6 @@
-"""Rollout engine: equals the previous engine (golden) and the static engine, independent of rows and
-mesh, sampler log-probs equal the training forward's, one compile per stage, no weight all-gather."""
+"""Rollout engine: equals the previous engine (golden) and the static engine, independent of rows, the
+drain's narrowing and mesh, sampler log-probs equal the training forward's, one compile per stage and
+row width, no weight all-gather."""
 
 import json
 import os
@@ -100,6 +101,24 @@ def test_engine_equals_static_engine_and_ignores_rows_chunks_and_mesh():
             assert got[key][0] == static[key][0] and got[key][2] == static[key][2]
             np.testing.assert_allclose(got[key][1], static[key][1], atol=1e-5)
         assert stats.prefills < len(jobs)  # samples of a problem share a prefill
+        assert stats.narrowed >= 1  # the drain's narrower states are covered
+
+
+def test_the_drain_narrows_rows_without_changing_trajectories():
+    """row_buckets > 1: the drain moves busy rows into narrower states: the same turns, fewer row-steps
+    computed (and only in the drain)."""
+    params = _params()
+    jobs, success = _workload(5, 3, 3, seed=1)
+    kw = {"rule": RULE, "forced": FORCED, "max_new_tokens": 8}
+    out = {}
+    for n in (1, 3):
+        cfg = engine.EngineConfig(rows=6, chunk_steps=4, prompt_buckets=(32,), row_buckets=n)
+        out[n] = _play(lambda v, cfg=cfg: engine.run(params, CFG, jobs, v, cfg, **kw), jobs, success)
+    (wide, s1), (narrow, s3) = out[1], out[3]
+    assert wide == narrow
+    assert s1.narrowed == 0 and s3.narrowed >= 1
+    assert s3.steady_row_steps == s1.steady_row_steps and s3.row_steps < s1.row_steps
+    assert s3.sampled == s1.sampled == sum(len(t[0]) for t in wide.values())
 
 
 def _rescored(params, config, jobs, turns):
@@ -135,18 +154,19 @@ def test_sampler_logprobs_equal_training_forward(dtype, tol):
     assert _rescored(params, config, jobs, turns) <= tol
 
 
-def test_a_stage_compiles_decode_once_and_prefill_once_per_bucket():
+def test_a_stage_compiles_decode_once_per_row_width_and_prefill_once_per_bucket():
     config = CFG.replace(vocab_size=71)  # a model no other test compiles for
     params = _params(config)
     jobs, success = _workload(6, 2, 2, seed=3, lengths=(30, 401), vocab=71)
     buckets = (64, 128, 256, 512)
     used = {next(b for b in buckets if b >= len(j.prompt_ids)) for j in jobs}
-    cfg = engine.EngineConfig(rows=4, chunk_steps=8, prompt_buckets=buckets, prefill_rows=1)
+    cfg = engine.EngineConfig(rows=8, chunk_steps=8, prompt_buckets=buckets, prefill_rows=1)
     before = dict(sampling.TRACES)
     for _ in range(2):  # a second stage compiles nothing
-        engine.run(params, config, jobs, lambda j, t, o: bool(success[j][t - 1]), cfg, rule=RULE, forced=FORCED,
-                   max_new_tokens=8)
-    assert sampling.TRACES["decode"] - before.get("decode", 0) == 1
+        stats = engine.run(params, config, jobs, lambda j, t, o: bool(success[j][t - 1]), cfg, rule=RULE,
+                           forced=FORCED, max_new_tokens=8)
+    assert stats.narrowed >= 1
+    assert sampling.TRACES["decode"] - before.get("decode", 0) == 1 + stats.narrowed
     assert sampling.TRACES["refill"] - before.get("refill", 0) == len(used) > 1
 
 

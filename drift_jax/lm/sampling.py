@@ -7,6 +7,7 @@ fixed by the caller (rows B, cache length S, prompt buckets), so a stage compile
     `prefill` is an extend of an empty state.
   * `refill(...)` prefills a few prompts into a small scratch cache and copies each prompt's rows into
     the destination rows of the big state: the K samples of a problem share one prefill.
+    `take_rows` gathers rows into a narrower state.
   * `decode_chunk(params, config, state, rows, ...)` runs up to N steps. Row b is a small state machine
     (`Rows`): it samples turn t up to a stop token or its budget, then (if t is not its last turn)
     feeds the forced tokens (end of turn when it was cut, then the feedback) and samples turn t+1, with
@@ -237,6 +238,25 @@ def refill(
             params, state=state, tokens_PxT=jnp.asarray(tokens_PxT, jnp.int32),
             lengths_P=jnp.asarray(lengths_P, jnp.int32), dst_PxK=jnp.asarray(dst_PxK, jnp.int32),
         )
+
+
+def _take_rows(state: DecodeState, src_W) -> DecodeState:
+    c = state.cache
+    cache = Cache(c.k_LxBxSxKxH[:, src_W], c.v_LxBxSxKxH[:, src_W], c.lengths_B[src_W])
+    return DecodeState(cache, state.logits_BxV[src_W])
+
+
+@functools.lru_cache(maxsize=64)
+def _take_fn(config: ModelConfig, mesh: Mesh | None, width: int, max_length: int):
+    return jax.jit(_take_rows, out_shardings=_state_shardings(mesh, config, width, max_length))
+
+
+def take_rows(state: DecodeState, src_W, *, config: ModelConfig, mesh: Mesh | None = None) -> DecodeState:
+    """A state of W rows: row w is row src_W[w] of `state` (the engine's drain moves its busy rows into
+    a narrower state)."""
+    src_W = np.asarray(src_W, np.int32)
+    with _in_layout(mesh):
+        return _take_fn(config, mesh, len(src_W), state.cache.max_length)(state, jnp.asarray(src_W))
 
 
 # ----------------------------------------------------------------------------- decode

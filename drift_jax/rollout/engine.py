@@ -5,10 +5,13 @@ turns on the device without a barrier: after a turn ends it feeds the end-of-tur
 and samples the next turn at once. Between chunks the host reads the chunk, hands every ended turn to
 the caller's `verify` (which says whether the episode is over: solved, or out of turns), releases the
 rows of finished episodes (tokens a row sampled past its episode's end are dropped) and refills them
-with the next episodes: one prefill per prompt, copied into the rows of its K samples.
-Shapes come from `EngineConfig`, not from the episodes: the decode chunk compiles once per stage, the
+with the next episodes: one prefill per prompt, copied into the rows of its K samples. Once no episode
+is left to start (the stage's drain), the busy rows are moved into a smaller state (rows/2, rows/4, ...:
+`EngineConfig.row_buckets` widths) so that idle rows are not computed.
+Shapes come from `EngineConfig`, not from the episodes: the decode chunk compiles once per row width, the
 prefill once per prompt bucket. A row's tokens depend only on its episode's key, its history and the
-token index (see `sampling`), so the batch size, the order of refills and the mesh change nothing.
+token index (see `sampling`), so the batch size, the order of refills, moving rows and the mesh change
+nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class EngineConfig:
     # (max_new + forced)): fixed for a stage, at most one cache length per bucket across stages.
     cache_length: int = 0
     prefill_rows: int = 4  # prompts prefilled together
+    # Row widths of the drain: rows, rows/2, ... (row_buckets of them; each compiles the decode chunk).
+    row_buckets: int = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,10 +63,11 @@ class TurnOut:
 @dataclasses.dataclass
 class Stats:
     chunks: int = 0
-    row_steps: int = 0  # rows x decode steps computed
+    row_steps: int = 0  # rows x decode steps computed (the rows of the chunk's width)
     sampled: int = 0  # tokens sampled into the episodes' turns (speculative tokens dropped are not)
     forced: int = 0  # end-of-turn and feedback tokens fed between turns
     prefills: int = 0
+    narrowed: int = 0  # times the drain moved the busy rows into a narrower state
     steady_row_steps: int = 0  # the same two while episodes were still waiting for a row (no drain)
     steady_sampled: int = 0
 
@@ -100,7 +106,8 @@ def run(
     if not jobs:
         return stats
     max_turns = max(len(j.budgets) for j in jobs)
-    b = sampling.round_up(cfg.rows, 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"])
+    split = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]  # rows are split this many ways
+    b = sampling.round_up(cfg.rows, split)
     buckets = sorted(cfg.prompt_buckets)
     longest = max(len(j.prompt_ids) for j in jobs)
     if longest > buckets[-1]:
@@ -115,6 +122,7 @@ def run(
     group_size = min(group_size, b)
     plan = sampling.Plan(rule, tuple(int(t) for t in forced), cfg.chunk_steps)
 
+    widths = row_widths(b, cfg.row_buckets, split)
     state = sampling.init_state(config, b, s, mesh=mesh)
     idle_keys = jax.random.wrap_key_data(np.zeros((b, 2), np.uint32))
     rows = sampling.new_rows(idle_keys, np.ones((b, max_turns), np.int32), active_B=np.zeros(b, bool))
@@ -126,17 +134,23 @@ def run(
             groups = _take(jobs, pending, len(free), group_size)
             state = _start(params, config, state, rows, busy, jobs, groups, free, cfg, buckets, mesh)
             stats.prefills += len(groups)
+        elif not pending:  # the drain: the narrowest width that holds the busy rows
+            width = min(w for w in widths if w >= len(busy.job) - len(free))
+            if width < len(busy.job):
+                state, rows, busy = _narrow(config, state, rows, busy, width, mesh)
+                stats.narrowed += 1
+        width = len(busy.job)
         state, rows_dev, chunk = sampling.decode_chunk(params, config, state, rows, plan=plan, mesh=mesh)
         rows, chunk = jax.tree.map(np.array, jax.device_get((rows_dev, chunk)))
         stats.chunks += 1
-        stats.row_steps += b * int(chunk.steps)
+        stats.row_steps += width * int(chunk.steps)
         if chunk.overflow_B.any():
             raise RuntimeError("KV cache overflow in the rollout engine: the cache sizing is wrong")
         kept, forced_tokens = _collect(chunk, rows, busy, jobs, verify, len(forced))
         stats.sampled += kept
         stats.forced += forced_tokens
         if pending:
-            stats.steady_row_steps += b * int(chunk.steps)
+            stats.steady_row_steps += width * int(chunk.steps)
             stats.steady_sampled += kept
     return stats
 
@@ -146,6 +160,20 @@ class _Busy:
     job: np.ndarray  # job index per row, -1: free
     turn: list  # the TurnOut each busy row is sampling
     turn_number: np.ndarray
+
+
+def row_widths(rows: int, buckets: int, multiple: int = 1) -> list[int]:
+    """The row widths a stage decodes at, widest first: rows, rows/2, ... (multiples of `multiple`,
+    the mesh's row split)."""
+    return sorted({sampling.round_up(max(rows >> i, 1), multiple) for i in range(max(buckets, 1))}, reverse=True)
+
+
+def _narrow(config, state, rows: sampling.Rows, busy: _Busy, width: int, mesh):
+    """Moves the busy rows (then idle ones up to `width`) into a state of `width` rows."""
+    src = np.concatenate([np.flatnonzero(busy.job >= 0), np.flatnonzero(busy.job < 0)])[:width]
+    state = sampling.take_rows(state, src, config=config, mesh=mesh)
+    rows = jax.tree.map(lambda x: np.asarray(x)[src], rows)
+    return state, rows, _Busy(busy.job[src], [busy.turn[i] for i in src], busy.turn_number[src])
 
 
 def _take(jobs, pending: collections.deque, n: int, group_size: int) -> list[list[int]]:
