@@ -93,7 +93,6 @@ def main() -> None:
     p.add_argument("--base", default="configs/quickstart.py")
     p.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated, of {', '.join(GROUPS)}")
     p.add_argument("--seeds", default="0", help="comma-separated; choices use the mean over them")
-    p.add_argument("--max_turns", type=int, default=5, help="the metric is multi@max_turns (the base config's)")
     p.add_argument("--dry_run", action="store_true")
     args, extra = p.parse_known_args()
     groups = [g for g in args.groups.split(",") if g]
@@ -101,9 +100,7 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown groups {sorted(unknown)}; known: {', '.join(GROUPS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    metric = f"multi@{args.max_turns}"
-    summary: dict[str, Any] = {"base": args.base, "split": "dev", "metric": metric, "seeds": seeds, "extra_flags": extra,
-                               "groups": {}}
+    summary: dict[str, Any] = {"base": args.base, "split": "dev", "seeds": seeds, "extra_flags": extra, "groups": {}}
 
     def run(workdir: str, seed: int, methods, overrides) -> dict[str, Any] | None:
         cmd = command(args.base, workdir, seed, methods, overrides, extra)
@@ -117,6 +114,14 @@ def main() -> None:
 
     bases = {s: os.path.join(args.workdir, f"seed-{s}", "base") for s in seeds}
     summary["base_results"] = {s: run(bases[s], s, ("reference", "drift"), {}) for s in seeds}
+    failed = [s for s, r in summary["base_results"].items() if r is None and not args.dry_run]
+    if failed:
+        sys.exit(f"the base run failed for seeds {failed} (see above): every point starts from it")
+    metric = "multi@?"
+    if not args.dry_run:  # multi@max_turns of the runs (the base config's max_turns, or an extra flag's)
+        with open(os.path.join(bases[seeds[0]], "results.json")) as f:
+            metric = f"multi@{json.load(f)['max_turns']}"
+    summary["metric"] = metric
     for g in groups:
         methods, decides, grid = GROUPS[g]
         points = []
