@@ -1,88 +1,146 @@
-"""Checks the preflight's per-step figures against an independent compile of the same step with no loops.
+"""Checks the preflight's per-step figures against independent compiles of the same steps with no loops.
 
-    JAX_PLATFORMS=cpu python benchmarks/preflight_agreement.py --preset=qwen2_5_1_5b --topology=v5p:2x2x1
+    PYTHONPATH=. JAX_PLATFORMS=cpu python benchmarks/preflight_agreement.py [--only=0,2]
 
-The preflight reads a step's FLOPs and bytes from the compiled program, counting each loop body (layers,
-micro-batches, the compiler's windowed matmuls) once per trip. Here the same train step and the same
-decode step are compiled again with every scan unrolled (jax.lax.scan forced to unroll=True), so XLA's
-own cost_analysis() counts everything; the two must agree within 10%. Memory is compared too (an
-unrolled program schedules differently, so it is a looser check). Prints one line per figure.
+The preflight reads a step's FLOPs, HBM bytes and collectives from the compiled program, counting each
+loop body (layers, micro-batches, loss chunks, the compiler's windowed matmuls) once per trip. Here the
+train step is compiled again with every scan unrolled (jax.lax.scan forced to unroll=True, jax.lax.map
+made a scan), and the decode step as one trip of the decode chunk's loop alone (jax.lax.while_loop made
+one call of its body), so that XLA's own cost_analysis() counts everything, and the collectives are
+those the loop-free program issues. Memory is compared too: the unrolled program is scheduled
+differently, so it is a looser check. Configurations below were never used to tune the preflight (other
+models, slices, meshes and batches than the paper configs); they keep a few layers of the published
+dimensions so that the unrolled compiles finish on a 2-core machine. One line per figure, and a JSON
+summary line at the end; exits 1 when a FLOPs, bytes or collective figure is off by more than 10%.
 """
 
 import functools
+import json
 import os
+import sys
+import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
-_PRESET = flags.DEFINE_string("preset", "qwen2_5_1_5b", "model preset")
-_TOPOLOGY = flags.DEFINE_string("topology", "v5p:2x2x1", "TPU slice")
-_BATCH = flags.DEFINE_integer("batch", 16, "train rows per step")
-_MICRO = flags.DEFINE_integer("micro_batches", 2, "micro-batches per step")
-_SEQ = flags.DEFINE_integer("seq_len", 1024, "train tokens per row")
-_ROWS = flags.DEFINE_integer("rows", 64, "rollout rows")
+_ONLY = flags.DEFINE_list("only", [], "indices of CASES to run (default: all)")
+_TOLERANCE = flags.DEFINE_float("tolerance", 0.10, "the agreement the check asks for")
+
+# (model preset, its layers kept, TPU slice, mesh, train rows, micro-batches, seq_len, rollout rows)
+CASES = [
+    ("qwen2_5_1_5b", 8, "v5p:2x2x1", {"data": 1, "fsdp": -1, "tensor": 1}, 16, 2, 1024, 64),
+    ("qwen2_5_0_5b", 6, "v6e:2x2", {"data": 2, "fsdp": -1, "tensor": 1}, 16, 1, 2048, 32),
+    ("llama3_1_8b", 3, "v4:2x2x2", {"data": 1, "fsdp": -1, "tensor": 2}, 16, 2, 512, 64),
+]
+FIGURES = ("flops", "hbm_bytes", "collective_bytes", "memory")
 
 
-def main(argv):
-    del argv
-    import jax
+def _config(preset: str, mesh: dict, batch: int, micro: int, seq: int, rows: int):
     import ml_collections
 
     from configs import paper_qwen2_5_3b
-    from drift_jax.preflight import analysis, chips, programs
-    from drift_jax.lm import sampling, sharding
 
     cfg = paper_qwen2_5_3b.get_config()
-    cfg.model.preset = _PRESET.value
-    cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-    cfg.train.update(batch_size=_BATCH.value, micro_batches=_MICRO.value, seq_len=_SEQ.value)
-    cfg.rollout.rows_per_batch = _ROWS.value
+    cfg.model.preset = preset
+    cfg.mesh = ml_collections.ConfigDict(mesh)
+    cfg.train.update(batch_size=batch, micro_batches=micro, seq_len=seq)
+    cfg.rollout.rows_per_batch = rows
     cfg.max_new_tokens, cfg.max_turns = 256, 3
-    chip, devices = chips.topology_devices(_TOPOLOGY.value)
+    return cfg
+
+
+def _figures(compiled, per_trip_of: str | None = None) -> dict[str, float]:
+    """XLA's counts of a loop-free program (or of the body `per_trip_of` of its one remaining loop)."""
+    from drift_jax.preflight import hlo
+
+    ca = compiled.cost_analysis()
+    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+    m = compiled.memory_analysis()
+    program = hlo.Program(compiled.as_text())
+    collectives = program.collectives(loop_trips=False)
+    return {"flops": ca["flops"], "hbm_bytes": ca["bytes accessed"],
+            "collective_bytes": float(sum(c.bytes for c in collectives)),
+            "collective_count": float(len(collectives)), "loops": float(len(program.loops())),
+            "memory": float(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+                            + m.temp_size_in_bytes + m.generated_code_size_in_bytes)}
+
+
+def check(case) -> list[dict]:
+    import jax
+
+    from drift_jax.lm import sampling, sharding
+    from drift_jax.preflight import analysis, chips, programs
+
+    preset, layers, topology, mesh_shape, batch, micro, seq, rows = case
+    cfg = _config(preset, mesh_shape, batch, micro, seq, rows)
+    chip, devices = chips.topology_devices(topology)
     mesh = sharding.make_mesh(cfg.mesh.to_dict(), devices=devices)
     hbm = analysis.hbm_limit(devices)
     shapes = programs.Shapes(prompt_tokens=256, feedback_tokens=16)
-    wanted = {"train", "rollout_decode"}  # two programs of another model, slice and batch
-    reports = {p.stage: analysis.analyze(p, mesh, chip, hbm) for p in programs.programs(cfg, mesh, shapes)
-               if p.stage in wanted}
-
-    scan, lax_map = jax.lax.scan, jax.lax.map
-    jax.lax.scan = functools.partial(_unrolled, scan)  # every scan below, flax's layer scan included
-    jax.lax.map = lambda f, xs, **kw: scan(lambda c, x: (c, f(x)), None, xs, unroll=True)[1]  # the loss chunks
-    jax.clear_caches()  # traces made with the scans above must not be reused
-    for fn in (sampling._decode_fn, sampling._refill_fn):
-        fn.cache_clear()
+    configs = programs.model_configs
+    programs.model_configs = lambda c: (configs(c)[0].replace(num_layers=layers), None)
+    wanted = ("train", "rollout_decode")
     try:
-        for p in programs.programs(cfg, mesh, shapes):
-            if p.stage not in wanted:
-                continue
-            with jax.set_mesh(mesh):
-                compiled = p.fn.lower(*p.args, **p.kwargs).compile()
-            ca = compiled.cost_analysis()
-            m = compiled.memory_analysis()
-            memory = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-                      + m.temp_size_in_bytes + m.generated_code_size_in_bytes)
-            r = reports[p.stage]
-            if p.per_loop_trip:  # one decode step: the unrolled loop still runs its chunk's trips
-                from drift_jax.preflight import hlo
-
-                program = hlo.Program(compiled.as_text())
-                body, _ = max(program.loops(), key=lambda loop: loop[1])
-                once = program.costs(loop_trips=False)
-                step = program.costs(body, loop_trips=False)
-                ca = {k: ca[k] * step[k] / once[k] for k in ("flops", "bytes accessed")}
-            for name, ours, theirs in (("flops/step", r.flops_per_step, ca["flops"]),
-                                       ("HBM bytes/step", r.hbm_bytes_per_step, ca["bytes accessed"]),
-                                       ("memory/chip", r.memory_bytes_per_chip, memory)):
-                print(f"{p.stage:15s} {name:15s} preflight {ours:.4g}  unrolled compile {theirs:.4g}  "
-                      f"ratio {ours / theirs:.3f}")
+        progs = {p.stage: p for p in programs.programs(cfg, mesh, shapes) if p.stage in wanted}
+        ours = {}
+        for stage, p in progs.items():
+            r = analysis.analyze(p, mesh, chip, hbm)
+            ours[stage] = {"flops": r.flops_per_step, "hbm_bytes": r.hbm_bytes_per_step,
+                           "collective_bytes": r.collective_bytes_per_step, "memory": r.memory_bytes_per_chip,
+                           "collective_count": sum(v["count"] for v in r.collectives_per_step.values())}
+        scan, lax_map, while_loop = jax.lax.scan, jax.lax.map, jax.lax.while_loop
+        jax.lax.scan = functools.partial(_unrolled, scan)  # every scan below, flax's layer scan included
+        jax.lax.map = lambda f, xs, **kw: scan(lambda c, x: (c, f(x)), None, xs, unroll=True)[1]  # loss chunks
+        jax.lax.while_loop = lambda cond, body, init: body(init)  # one decode step
+        jax.clear_caches()  # traces made with the loops above must not be reused
+        for fn in (sampling._decode_fn, sampling._refill_fn):
+            fn.cache_clear()
+        try:
+            theirs = {}
+            for p in programs.programs(cfg, mesh, shapes):
+                if p.stage in wanted:
+                    with jax.set_mesh(mesh):
+                        theirs[p.stage] = _figures(p.fn.lower(*p.args, **p.kwargs).compile())
+        finally:
+            jax.lax.scan, jax.lax.map, jax.lax.while_loop = scan, lax_map, while_loop
+            jax.clear_caches()
+            for fn in (sampling._decode_fn, sampling._refill_fn):
+                fn.cache_clear()
     finally:
-        jax.lax.scan, jax.lax.map = scan, lax_map
+        programs.model_configs = configs
+    out = []
+    name = f"{preset}[{layers} layers] {topology} mesh={mesh_shape} train {batch}x{seq}/{micro} rows={rows}"
+    for stage in wanted:
+        assert theirs[stage]["loops"] == 0, f"{stage}: the independent compile still has a loop"
+        for figure in FIGURES + ("collective_count",):
+            a, b = ours[stage][figure], theirs[stage][figure]
+            ratio = a / b if b else (1.0 if not a else float("inf"))
+            out.append({"case": name, "stage": stage, "figure": figure, "preflight": a, "independent": b,
+                        "ratio": ratio})
+            print(f"{name} {stage:14s} {figure:16s} preflight {a:.4g}  independent {b:.4g}  ratio {ratio:.3f}",
+                  flush=True)
+    return out
 
 
 def _unrolled(scan, f, init, xs=None, length=None, reverse=False, unroll=1, **kw):
     return scan(f, init, xs, length=length, reverse=reverse, unroll=True, **kw)
+
+
+def main(argv):
+    del argv
+    start = time.perf_counter()
+    rows = []
+    for i, case in enumerate(CASES):
+        if not _ONLY.value or str(i) in _ONLY.value:
+            rows += check(case)
+    off = [r for r in rows if r["figure"] in ("flops", "hbm_bytes", "collective_bytes")
+           and abs(r["ratio"] - 1) > _TOLERANCE.value]
+    print(json.dumps({"benchmark": "preflight_agreement", "seconds": round(time.perf_counter() - start),
+                      "worst": {f: max((abs(r["ratio"] - 1) for r in rows if r["figure"] == f), default=None)
+                                for f in FIGURES},
+                      "off": [f"{r['case']} {r['stage']} {r['figure']} {r['ratio']:.3f}" for r in off]}))
+    sys.exit(1 if off else 0)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def test_scan_costs_count_every_trip_as_an_unrolled_compile_does(v5e_2x2):
     unrolled = jax.jit(jax.grad(lambda w, x: loss(w, x, True))).lower(w, x).compile()
     program = hlo.Program(scanned.as_text())
     assert program.costs(loop_trips=False)["flops"] == pytest.approx(scanned.cost_analysis()["flops"], rel=0.02)
-    flops, hbm, _ = analysis._costs(scanned, loop_body=False)
+    flops, _, _ = analysis._costs(scanned, loop_body=False)
     assert flops == pytest.approx(unrolled.cost_analysis()["flops"], rel=0.05)
     assert flops > 10 * scanned.cost_analysis()["flops"]  # 12 layers, forward and backward
     # FSDP: every layer's weight is all-gathered inside the loop, once per trip.
@@ -72,12 +72,18 @@ def test_tiny_run_compiles_every_stage_for_a_v5e_2x2(v5e_2x2):
     assert out["topology"] == "v5e:2x2" and out["chip"] == "v5e" and out["mesh"]["data"] == 4
     stages = {s["stage"]: s for s in out["stages"]}
     assert set(stages) == {"reference_train", "rollout_prefill", "rollout_decode", "train", "online_rl_rollout_prefill",
-                           "online_rl_rollout_decode", "online_rl_train", "eval_prefill", "eval_decode"}
+                           "online_rl_rollout_decode", "online_rl_logprobs", "online_rl_train", "eval_prefill",
+                           "eval_decode"}
     for s in stages.values():
         assert STAGE_KEYS <= set(s), s["stage"]
         assert s["fits"] and 0 < s["memory_bytes_per_chip"] < s["hbm_bytes_per_chip"] < 16 * 2**30
         assert s["roofline_seconds_per_step"] > 0 and s["flops_per_step"] > 0
     assert stages["rollout_decode"]["estimated_tokens_per_s_per_chip"] > 0
+    # Online RL holds its train state beside the reference's log-probs and its rollouts, and the
+    # reference beside its step: those count against the chip too.
+    held = {k: stages[k]["resident_bytes_per_chip"] for k in ("online_rl_logprobs", "online_rl_train", "train")}
+    assert held["online_rl_logprobs"] > 2 * held["online_rl_train"] > 0 == held["train"]
+    assert stages["online_rl_logprobs"]["estimated_tokens_per_s_per_chip"] > 0
     assert 0 < stages["train"]["estimated_mfu"] < 1
     # A step of the train stage does at least the model's matmul FLOPs on every chip's share of the batch.
     policy, _ = programs.model_configs(cfg)
@@ -104,13 +110,26 @@ def test_a_stage_that_does_not_fit_fails_naming_it_the_memory_and_the_knobs(v5e_
     cmd = [sys.executable, "-m", "drift_jax.preflight", "--config=configs/quickstart_drift.py", "--topology=v5e:2x2",
            "--config.train.batch_size=128", "--config.train.seq_len=32768", "--config.max_new_tokens=8"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 1, out.stderr[-3000:]
     message = out.stderr.strip().splitlines()[-1]
     assert message.startswith("stage train does not fit on v5e:2x2: it needs ")
     need, have = (float(v) for v in re.findall(r"([\d.]+) GiB", message)[::3][:2])
     assert need > have and have == pytest.approx(15.75, abs=0.01)
     assert "train.micro_batches" in message and "model.remat" in message and "mesh" in message
+
+
+def test_cli_checks_the_config_first_as_main_does():
+    # A bad value stops it before anything compiles, with validate's message; files that the run's
+    # machine must have (a preset's weights, the task files) are listed but do not stop it.
+    cmd = [sys.executable, "-m", "drift_jax.preflight", "--config=configs/paper_qwen2_5_3b.py", "--topology=v5e:4x8",
+           "--config.model.preset=qwen2_5_3b", "--config.drift.beta=-1", "--config.train.micro_batches=3"]
+    out = subprocess.run(cmd, check=False, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 1 and not out.stdout, out.stderr[-3000:]
+    assert "error: 2 problem(s) with the config (nothing was run):" in out.stderr
+    assert "drift.beta=-1" in out.stderr and "train.batch_size=128 must be a multiple of train.micro_batches=3" in out.stderr
+    assert "not checked here" in out.stderr and "task: task metamath_math reads local files" in out.stderr
 
 
 def test_chip_table_covers_the_named_generations():
@@ -129,7 +148,7 @@ def test_chip_table_covers_the_named_generations():
 def test_paper_configs_fit_their_topologies_with_headroom(config, topology):
     cmd = [sys.executable, "-m", "drift_jax.preflight", f"--config={config}", f"--topology={topology}", "--json",
            "--headroom=0.1"]
-    out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+    out = subprocess.run(cmd, check=False, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
                          timeout=3000)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)

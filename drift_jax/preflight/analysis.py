@@ -35,10 +35,11 @@ class DoesNotFit(RuntimeError):
 class StageReport:
     stage: str
     fits: bool
-    memory_bytes_per_chip: int  # arguments + outputs not aliased to them + temporaries + code
+    memory_bytes_per_chip: int  # arguments + outputs not aliased to them + temporaries + code + resident
     hbm_bytes_per_chip: int | None
     argument_bytes_per_chip: int
     temp_bytes_per_chip: int
+    resident_bytes_per_chip: int  # what the stage holds besides its program's buffers (online RL's reference)
     flops_per_step: float | None  # per chip
     hbm_bytes_per_step: float | None  # per chip
     collectives_per_step: dict[str, dict[str, float]]  # opcode -> {"count", "bytes"} per chip
@@ -93,6 +94,8 @@ def _oom_figures(message: str) -> tuple[int, int] | None:
 def _shard_bytes(tree: Any) -> int:
     total = 0
     for x in jax.tree.leaves(tree):
+        if not hasattr(x, "shape"):  # static arguments (a model config)
+            continue
         shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None else x.shape
         itemsize = 8 if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else jnp.dtype(x.dtype).itemsize
         total += math.prod(shape) * itemsize
@@ -101,12 +104,15 @@ def _shard_bytes(tree: Any) -> int:
 
 def _costs(compiled, loop_body: bool) -> tuple[float, float, hlo.Program]:
     """(FLOPs, HBM bytes) of one call, or (`loop_body`) of one trip of its longest loop, loops inside
-    counted per trip: the HLO's counts, scaled to XLA's cost_analysis() where both count every loop
-    body once (XLA's model of a TPU's bytes is its own; its FLOPs agree with the HLO's to <1%)."""
+    counted per trip (`hlo`), scaled to XLA's cost_analysis(): the HLO's counts under XLA's own model,
+    every loop body once, give the scale (within 0.01% of 1 on TPU programs). The bytes are those the
+    program moves: one layer's slice of a stacked operand, the update of an in-place update, where
+    XLA's model counts whole buffers (a scanned layer's fusion reading its [layers, ...] stack would
+    make a step's bytes grow with the square of the layers)."""
     ca = compiled.cost_analysis()
     ca = ca[0] if isinstance(ca, (list, tuple)) else ca
     program = hlo.Program(compiled.as_text())
-    once = program.costs(loop_trips=False)
+    once = program.costs(loop_trips=False, xla_model=True)
     root = max(program.loops(), key=lambda loop: loop[1])[0] if loop_body else None
     step = program.costs(root)
     ca = ca or once  # a deviceless GPU compile has no cost analysis: the HLO's own counts
@@ -115,7 +121,10 @@ def _costs(compiled, loop_body: bool) -> tuple[float, float, hlo.Program]:
 
 
 def _traffic(c: hlo.Collective) -> float:
-    """Bytes a chip sends for one collective over a ring of its group: all-reduce twice the buffer."""
+    """Bytes a chip sends for one collective over a ring of its group: all-reduce twice the buffer; a
+    collective-permute (the compiler's windowed matmuls gather a weight shard by shard) its buffer."""
+    if c.opcode == "collective-permute":
+        return float(c.bytes)
     if c.group_size <= 1:
         return 0.0
     share = (c.group_size - 1) / c.group_size
@@ -142,7 +151,7 @@ def _compile(p: Program, mesh: Mesh, loop_body: bool = False) -> _Compiled:
         lowered = p.fn.lower(*p.args, **p.kwargs)
         try:
             compiled = lowered.compile()
-        except Exception as e:  # noqa: BLE001  (XlaRuntimeError; its class moves between jax versions)
+        except Exception as e:
             found = _oom_figures(str(e))
             if found is None:
                 raise
@@ -165,6 +174,8 @@ def _compile(p: Program, mesh: Mesh, loop_body: bool = False) -> _Compiled:
 def analyze(p: Program, mesh: Mesh, chip: Chip | None, hbm: int | None) -> StageReport:
     """Compiles one stage's programs; the report says whether it fits and how fast it can be."""
     main = _compile(p, mesh, loop_body=p.per_loop_trip)
+    resident = _shard_bytes(p.resident)
+    main.memory += resident
     memory, temps, collectives, seconds = main.memory, main.temps, main.collectives, main.seconds
     flops, hbm_bytes, error = main.flops, main.hbm, main.error
     hbm = main.available or hbm
@@ -175,7 +186,7 @@ def analyze(p: Program, mesh: Mesh, chip: Chip | None, hbm: int | None) -> Stage
         s["bytes"] += c.times * c.bytes
     report = StageReport(
         stage=p.stage, fits=hbm is None or memory <= hbm, memory_bytes_per_chip=int(memory), hbm_bytes_per_chip=hbm,
-        argument_bytes_per_chip=main.arguments, temp_bytes_per_chip=int(temps),
+        argument_bytes_per_chip=main.arguments, temp_bytes_per_chip=int(temps), resident_bytes_per_chip=resident,
         flops_per_step=None if error else flops, hbm_bytes_per_step=None if error else hbm_bytes,
         collectives_per_step=summary, collective_bytes_per_step=sum(s["bytes"] for s in summary.values()),
         weight_all_gather_bytes_per_step=summary.get("all-gather", {}).get("bytes", 0.0),
@@ -203,6 +214,8 @@ def fit_error(report: StageReport, topology: str, headroom: float = 0.0) -> str:
             f"({report.temp_bytes_per_chip / 2**30:.2f} GiB of temporaries, {report.argument_bytes_per_chip / 2**30:.2f}"
             f" GiB of arguments) of {have / 2**30:.2f} GiB HBM"
             + (f" less {headroom:.0%} headroom" if headroom else "")
+            + (f"; {report.resident_bytes_per_chip / 2**30:.2f} GiB of it are held beside the program"
+               if report.resident_bytes_per_chip else "")
             + f". Reduce it with: {', '.join(report.knobs)}")
 
 

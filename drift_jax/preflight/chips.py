@@ -77,7 +77,7 @@ def topology_devices(topology: str) -> tuple[Chip, list[Any]]:
                 platform="tpu", topology_name=topology, chip_config_name="default",
                 chips_per_host_bounds=host, num_slices=1,
             )
-        except Exception as e:  # noqa: BLE001  (libtpu raises plain RuntimeErrors)
+        except Exception as e:
             raise RuntimeError(f"cannot describe TPU topology {topology} on this machine ({e}); "
                                "install jax[tpu] at the installed jax version") from e
         return chip, list(topo.devices)

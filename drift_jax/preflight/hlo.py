@@ -8,10 +8,12 @@ its callers.
 
 The cost model follows XLA's HloCostAnalysis: a dot or convolution is 2 x output elements x the
 contracted size (kernel taps that land on padding or dilation holes excluded), an elementwise op one FLOP per
-element, and HBM bytes are the operands and outputs of each top-level instruction. Its FLOPs match
-cost_analysis() on TPU to <1% at one trip per loop; its bytes only roughly (XLA's TPU model is its
-own), so `analysis` uses it for the ratio of a step with true trips to a step with one, applied to
-XLA's figures. Collectives are identified by channel id: the TPU compiler splits one all-gather over
+element, and HBM bytes are the operands and outputs of each top-level instruction. At one trip per
+loop and with `xla_model=True` its FLOPs and bytes match cost_analysis() on TPU to <0.01%. By default
+the bytes are those the program moves where XLA's model counts whole buffers: a fusion that slices one
+layer out of a stacked [layers, ...] operand inside an inner fusion reads that slice (XLA counts the
+stack, on every trip of the layer loop: bytes that grew with the square of the layers), and an in-place
+update writes its update and does not read its buffer. Collectives are identified by channel id: the TPU compiler splits one all-gather over
 several async fusions that all print it.
 """
 
@@ -233,16 +235,52 @@ class Program:
             root = next((i for i in body if i.name == root.operands[0]), None)
         return root is not None and root.opcode == "dynamic-update-slice"
 
-    def _sliced_read(self, fused: str, index: int) -> float:
-        """Bytes a fusion reads of its operand `index`: the slices taken when only slices use it."""
+    def _update(self, ins: Instr) -> tuple[int, float] | None:
+        """(the operand it updates in place, the bytes of the update) of a dynamic-update-slice or a
+        fusion whose root is one (the buffer traced to a parameter through bitcasts)."""
+        if ins.opcode == "dynamic-update-slice" and len(ins.operands) > 1:
+            return 0, 0.0  # the update operand is counted as read; the write is the same bytes
+        if ins.opcode != "fusion" or not ins.callees:
+            return None
+        body = {i.name: i for i in self.computations.get(ins.callees[0][1], [])}
+        root = self.computations[ins.callees[0][1]][-1] if body else None
+        while root is not None and root.opcode == "bitcast":
+            root = body.get(root.operands[0])
+        if root is None or root.opcode != "dynamic-update-slice" or len(root.operands) < 2:
+            return None
+        buffer = body.get(root.operands[0])
+        while buffer is not None and buffer.opcode == "bitcast":
+            buffer = body.get(buffer.operands[0])
+        if buffer is None or buffer.opcode != "parameter" or not buffer.args.strip().isdigit():
+            return None
+        return int(buffer.args), float(shape_bytes(body[root.operands[1]].shape if root.operands[1] in body else ""))
+
+    def _sliced_read(self, fused: str, index: int, nested: bool) -> float:
+        """Bytes a fusion reads of its operand `index`: the slices taken when only slices use it. XLA's
+        model looks at the fusion's own instructions only (`nested=False`); a scanned layer's fusion
+        often slices its stacked [layers, ...] operand inside a fusion it holds, which reads one
+        layer's slice, not the whole stack (`nested=True`: followed through bitcasts and fusions)."""
         body = self.computations.get(fused, [])
         param = next((i.name for i in body if i.opcode == "parameter" and i.args.strip() == str(index)), None)
-        users = [i for i in body if param in i.operands]
-        if not users or any(u.opcode not in _SLICING or u.operands[0] != param for u in users):
-            return math.inf
-        return float(sum(shape_bytes(u.shape) for u in users))
+        return self._slices_of(body, param, nested) if param else math.inf
 
-    def _bytes(self, comp: str, ins: Instr) -> float:
+    def _slices_of(self, body: list[Instr], value: str, nested: bool) -> float:
+        total = 0.0
+        for u in (i for i in body if value in i.operands):
+            if u.opcode in _SLICING and u.operands[0] == value and value not in u.operands[1:]:
+                total += shape_bytes(u.shape)
+            elif nested and u.opcode == "bitcast":
+                total += self._slices_of(body, u.name, nested)
+            elif nested and u.opcode == "fusion" and u.callees:
+                total += sum(self._sliced_read(u.callees[0][1], k, nested) for k, o in enumerate(u.operands)
+                             if o == value)
+            else:
+                return math.inf
+            if total == math.inf:
+                return math.inf
+        return total if total else math.inf
+
+    def _bytes(self, comp: str, ins: Instr, xla_model: bool = False) -> float:
         if ins.opcode in _NO_BYTES:
             return 0.0
         operands = [shape_bytes(self.shapes[comp].get(o, "")) for o in ins.operands]
@@ -250,11 +288,15 @@ class Program:
         if ins.opcode in _SLICING and operands:  # reads the slice, not the buffer
             operands[0] = min(operands[0], sum(outputs))
         elif ins.opcode == "fusion" and ins.callees:
-            operands = [min(n, self._sliced_read(ins.callees[0][1], i)) for i, n in enumerate(operands)]
+            operands = [min(n, self._sliced_read(ins.callees[0][1], i, not xla_model)) for i, n in enumerate(operands)]
         for out_index, operand_index in _aliases(ins.attrs):  # buffers passed through untouched
             if out_index < len(outputs) and operand_index < len(operands):
                 outputs[out_index] = operands[operand_index] = 0
-        if self._in_place(ins) and operands:
+        update = None if xla_model else self._update(ins)
+        if update is not None and update[0] < len(operands):  # reads its inputs, writes the update
+            outputs = [update[1] or operands[1]]
+            operands[update[0]] = 0
+        elif self._in_place(ins) and operands:  # XLA's model: the largest operand is the buffer
             big = max(range(len(operands)), key=operands.__getitem__)
             outputs, operands[big] = [sum(operands) - operands[big]], 0
         if ins.opcode.endswith("-start"):  # async pairs: the start reads, the done writes
@@ -263,8 +305,10 @@ class Program:
             operands = []
         return float(sum(operands) + sum(outputs))
 
-    def costs(self, root: str | None = None, loop_trips: bool = True) -> dict[str, float]:
-        """FLOPs, transcendentals and HBM bytes of one run of `root` (default: the entry)."""
+    def costs(self, root: str | None = None, loop_trips: bool = True, xla_model: bool = False) -> dict[str, float]:
+        """FLOPs, transcendentals and HBM bytes of one run of `root` (default: the entry). `xla_model`:
+        bytes as XLA's model counts them, where a fusion reads the whole of an operand it slices inside
+        an inner fusion and an in-place update's largest operand is taken for its buffer."""
         total = {"flops": 0.0, "transcendentals": 0.0, "bytes accessed": 0.0}
         for comp, times in self.multiplicities(root, loop_trips).items():
             if comp in self.fused:
@@ -273,7 +317,7 @@ class Program:
                 f, t = self._flops(comp, ins)
                 total["flops"] += times * f
                 total["transcendentals"] += times * t
-                total["bytes accessed"] += times * self._bytes(comp, ins)
+                total["bytes accessed"] += times * self._bytes(comp, ins, xla_model)
         return total
 
     def collectives(self, root: str | None = None, loop_trips: bool = True) -> list[Collective]:

@@ -52,6 +52,7 @@ class Program:
     knobs: tuple[str, ...]  # config fields that shrink its memory
     per_loop_trip: bool = False  # decode: a step is one trip of the program's loop (one token per row)
     model_flops_per_step: float = 0.0  # train: 6N + attention per token (PaLM) x tokens
+    resident: Any = None  # abstract arrays the stage holds on the chips besides the program's own
 
 
 def abstract(tree: Any, shardings: Any) -> Any:
@@ -64,7 +65,7 @@ def model_configs(cfg: ml_collections.ConfigDict) -> tuple[ModelConfig, ModelCon
     if m.get("preset", "") or m.hf_path:
         policy = presets.from_config(m.get("preset", ""), m.hf_path, m.param_dtype, m.compute_dtype, m.remat)
         return policy, None
-    from drift_jax import envs  # noqa: PLC0415  (tokenizers only when a scratch model needs its vocab)
+    from drift_jax import envs
 
     vocab = envs.ChatFormat.from_pretrained(m.tokenizer_path or envs.SYNTHETIC_TOKENIZER).tokenizer.get_vocab_size()
     s = m.scratch
@@ -98,7 +99,7 @@ def rollout_params(config: ModelConfig, mesh: Mesh) -> Any:
 
 
 def episode_programs(cfg, config: ModelConfig, mesh: Mesh, shapes: Shapes, engine: engine_lib.EngineConfig, *,
-                     stage: str, group_size: int, rule: Sampling, rows_knob: str) -> list[Program]:
+                     stage: str, group_size: int, rule: Sampling, rows_knob: str, resident: Any = None) -> list[Program]:
     """The rollout engine's two programs at the shapes `engine.run` fixes: the shared-prompt prefill
     (`sampling.refill`, at the prompt bucket of the longest prompt) and the decode chunk
     (`sampling.decode_chunk`; a step is one trip of its loop: a token for every row, forced feedback
@@ -120,22 +121,30 @@ def episode_programs(cfg, config: ModelConfig, mesh: Mesh, shapes: Shapes, engin
     refill = Program(f"{stage}_prefill", sampling._refill_fn(config, mesh, rows, length), (params,), {
         "state": state, "tokens_PxT": _struct(mesh, (p, bucket), jnp.int32, (None, None)),
         "lengths_P": _struct(mesh, (p,), jnp.int32, (None,)), "dst_PxK": _struct(mesh, (p, k), jnp.int32, (None, None)),
-    }, config, p * bucket, knobs)
+    }, config, p * bucket, knobs, resident=resident)
     plan = sampling.Plan(rule, (0,) * forced, engine.chunk_steps)
     turns = cfg.max_turns
-    batch = lambda *shape, dtype=jnp.int32: _struct(mesh, (rows, *shape), dtype, ("batch",) + (None,) * len(shape))  # noqa: E731
+    batch = lambda *shape, dtype=jnp.int32: _struct(mesh, (rows, *shape), dtype, ("batch",) + (None,) * len(shape))
     row_state = sampling.Rows(key_Bx2=batch(2, dtype=jnp.uint32), turn_B=batch(), last_turn_B=batch(), index_B=batch(),
                               forced_B=batch(), active_B=batch(dtype=jnp.bool_), budget_BxU=batch(turns))
     decode = Program(f"{stage}_decode", sampling._decode_fn(config, mesh, rows, length, turns, plan), (params,),
-                     {"state": state, "rows": row_state}, config, rows, knobs, per_loop_trip=True)
+                     {"state": state, "rows": row_state}, config, rows, knobs, per_loop_trip=True,
+                     resident=resident)
     return [refill, decode]
 
 
 # ----------------------------------------------------------------------------- training
 
 
+def train_state(section: ml_collections.ConfigDict, config: ModelConfig, mesh: Mesh) -> tuple[trainer.TrainConfig, Any]:
+    """(the section's TrainConfig, its abstract train state laid out as the trainer lays it out)."""
+    tc = trainer.TrainConfig(**{**section.to_dict(), "async_checkpoints": False})
+    tx = trainer.make_optimizer(tc, total_steps=1000)
+    return tc, trainer.abstract_state(config, tx, trainer.state_shardings(mesh, config, tx))
+
+
 def train_program(section: ml_collections.ConfigDict, config: ModelConfig, mesh: Mesh, *, stage: str,
-                  knob_prefix: str) -> Program:
+                  knob_prefix: str, resident: Any = None) -> Program:
     """The weighted-SFT step of a train section (the trainer's own jit: shardings, donation)."""
     tc = trainer.TrainConfig(**{**section.to_dict(), "async_checkpoints": False})
     tx = trainer.make_optimizer(tc, total_steps=1000)
@@ -147,7 +156,23 @@ def train_program(section: ml_collections.ConfigDict, config: ModelConfig, mesh:
     tokens = tc.batch_size * tc.seq_len
     knobs = (f"{knob_prefix}.micro_batches", "model.remat", f"{knob_prefix}.batch_size", f"{knob_prefix}.seq_len", "mesh")
     return Program(stage, fn, (trainer.abstract_state(config, tx, state_sh), batch), {}, config, tokens, knobs,
-                   model_flops_per_step=trainer.flops_per_token(config, tc.seq_len) * tokens)
+                   model_flops_per_step=trainer.flops_per_token(config, tc.seq_len) * tokens, resident=resident)
+
+
+def logprobs_program(section: ml_collections.ConfigDict, config: ModelConfig, mesh: Mesh, *, stage: str,
+                     knob_prefix: str, resident: Any = None) -> Program:
+    """Online RL's KL term: the reference's log-probs of a training batch (`online_rl._target_logprobs`,
+    one forward per micro-batch), the reference held as `pipeline.load_policy` holds it (training table)."""
+    from drift_jax.baselines import online_rl
+
+    tc, state = train_state(section, config, mesh)
+    shapes = batches.batch_shapes(tc.batch_config())
+    batch_sh = trainer.batch_shardings(mesh, shapes, knob=f"{knob_prefix}.batch_size / {knob_prefix}.micro_batches")
+    batch = {k: jax.ShapeDtypeStruct(shapes[k], _BATCH_DTYPES[k], sharding=batch_sh[k]) for k in shapes}
+    tokens = tc.batch_size * tc.seq_len
+    knobs = (f"{knob_prefix}.micro_batches", f"{knob_prefix}.batch_size", f"{knob_prefix}.seq_len", "mesh")
+    return Program(stage, online_rl._target_logprobs, (state.params,), {"model_config": config, "batch": batch},
+                   config, tokens, knobs, resident=resident)
 
 
 # ----------------------------------------------------------------------------- a run
@@ -160,7 +185,7 @@ def programs(cfg: ml_collections.ConfigDict, mesh: Mesh, shapes: Shapes) -> list
     if reference is not None:
         out.append(train_program(cfg.reference.train, reference, mesh, stage="reference_train",
                                  knob_prefix="reference.train"))
-    from drift_jax import pipeline  # noqa: PLC0415  (the engine shapes as the stages build them)
+    from drift_jax import pipeline
 
     r = cfg.rollout
     sample = Sampling(float(r.temperature), int(r.top_k), float(r.top_p), tuple(shapes.stop_tokens), shapes.pad_id)
@@ -170,12 +195,18 @@ def programs(cfg: ml_collections.ConfigDict, mesh: Mesh, shapes: Shapes) -> list
     if any(m in cfg.methods for m in ("drift", "sft_rollouts", "rft", "sft")):
         out.append(train_program(cfg.train, policy, mesh, stage="train", knob_prefix="train"))
     if "online_rl" in cfg.methods:
+        # online_rl.run holds the train state and the reference's params (for the KL term) through every
+        # iteration: the rollouts and the reference's log-probs run beside the state, the step beside the reference.
         o = cfg.online_rl
+        _, state = train_state(o.train, policy, mesh)
         rows = o.problems_per_iteration * o.samples_per_problem  # online_rl.run's engine: the defaults
         out += episode_programs(cfg, policy, mesh, shapes, engine_lib.EngineConfig(rows=rows), stage="online_rl_rollout",
                                 group_size=o.samples_per_problem, rule=sample,
-                                rows_knob="online_rl.problems_per_iteration")
-        out.append(train_program(o.train, policy, mesh, stage="online_rl_train", knob_prefix="online_rl.train"))
+                                rows_knob="online_rl.problems_per_iteration", resident=(state, state.params))
+        out.append(logprobs_program(o.train, policy, mesh, stage="online_rl_logprobs", knob_prefix="online_rl.train",
+                                    resident=state))
+        out.append(train_program(o.train, policy, mesh, stage="online_rl_train", knob_prefix="online_rl.train",
+                                 resident=state.params))
     greedy = dataclasses.replace(sample, temperature=0.0, top_k=0, top_p=1.0)
     out += episode_programs(cfg, policy, mesh, shapes, pipeline.engine_config(cfg.eval), stage="eval", group_size=1,
                             rule=greedy, rows_knob="eval.rows_per_batch")

@@ -11,16 +11,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from typing import Any
 
 import jax
 import ml_collections
 from jax.sharding import Mesh
 
+from drift_jax import validate
 from drift_jax.lm import sharding
 from drift_jax.preflight import analysis, chips, programs
-from drift_jax.preflight.programs import Shapes
 from drift_jax.preflight.analysis import StageReport
+from drift_jax.preflight.programs import Shapes
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ class Preflight:
                 "weight AG GB/step", "roofline ms", "bound", "tokens/s/chip", "MFU")
         rows = [cols]
         for s in self.stages:
-            coll = ", ".join(f"{int(round(v['count']))} {k} {v['bytes'] / 1e9:.2f} GB"
+            coll = ", ".join(f"{round(v['count'])} {k} {v['bytes'] / 1e9:.2f} GB"
                              for k, v in sorted(s.collectives_per_step.items()) if v["count"])
             rows.append((
                 s.stage, "yes" if s.fits else "NO", f"{s.memory_bytes_per_chip / 2**30:.2f}",
@@ -68,7 +70,7 @@ def _fmt(x: float | None, unit: float, digits: int = 2, suffix: str = "") -> str
 def data_shapes(cfg: ml_collections.ConfigDict, default: Shapes = Shapes()) -> Shapes:
     """The longest prompt and the feedback message measured on the run's tokenizer and problems where
     they are on this machine; `default`'s figures for what is not."""
-    from drift_jax import envs, pipeline  # noqa: PLC0415  (pipeline imports this module)
+    from drift_jax import envs, pipeline
 
     path = cfg.model.hf_path or cfg.model.tokenizer_path or (
         "" if cfg.model.get("preset", "") else envs.SYNTHETIC_TOKENIZER)
@@ -90,6 +92,26 @@ def data_shapes(cfg: ml_collections.ConfigDict, default: Shapes = Shapes()) -> S
     env = envs.Env(cfg.max_turns, cfg.feedback)
     longest = max(len(chat.prompt_ids(m)) for m in env.reset(problems))
     return dataclasses.replace(shapes, prompt_tokens=longest)
+
+
+# Problems `validate` finds with files that a run's machine has and this one need not (weights, tokenizer,
+# task files): the preflight sizes a model from its config.json or a preset and needs none of them.
+_FILE_PROBLEM = re.compile(r"^(model\.hf_path|model\.tokenizer_path|task|eval\.task|reference\.task): ")
+
+
+def config_problems(cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[list[str], list[str]]:
+    """(problems with the config itself, problems with files absent here) as `validate` lists them for a
+    run on `num_devices` devices; main stops on either, the preflight on the first only. A preset stands
+    for the checkpoint directory the run will name in model.hf_path."""
+    preset, placeholder = cfg.model.get("preset", ""), ""
+    if preset and not cfg.model.hf_path:
+        cfg = ml_collections.ConfigDict(cfg.to_dict())
+        cfg.model.hf_path = placeholder = f"<the {preset} checkpoint>"
+    found = validate.problems(cfg, devices=num_devices)
+    if placeholder:
+        found = [p for p in found if not (p.startswith("model.hf_path") and placeholder in p)]
+    files = [p for p in found if _FILE_PROBLEM.match(p)]
+    return [p for p in found if p not in files], files
 
 
 def run(cfg: ml_collections.ConfigDict, *, topology: str | None = None, devices: list[Any] | None = None,
