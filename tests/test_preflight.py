@@ -14,6 +14,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from configs import quickstart
+from drift_jax.lm import sharding
 from drift_jax.preflight import analysis, chips, hlo, programs, report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,25 +66,26 @@ def test_scan_costs_count_every_trip_as_an_unrolled_compile_does(v5e_2x2):
     assert sum(c.times for c in gathers) >= 12
 
 
-def test_tiny_run_compiles_every_stage_for_a_v5e_2x2(v5e_2x2):
+EVERY_STAGE = {"reference_train", "rollout_prefill", "rollout_decode", "train", "online_rl_rollout_prefill",
+               "online_rl_rollout_decode", "online_rl_logprobs", "online_rl_train", "eval_prefill", "eval_decode"}
+
+
+@pytest.mark.parametrize("methods", [pytest.param(("reference", "drift"), id="drift"),
+                                     pytest.param(None, id="every_method", marks=pytest.mark.slow)])
+def test_tiny_run_compiles_every_stage_for_a_v5e_2x2(v5e_2x2, methods):
     cfg = tiny_config()
+    if methods:
+        cfg.methods = methods
     result = report.run(cfg, topology="v5e:2x2", shapes=programs.Shapes(prompt_tokens=40, feedback_tokens=9))
     out = result.json()
     assert out["topology"] == "v5e:2x2" and out["chip"] == "v5e" and out["mesh"]["data"] == 4
     stages = {s["stage"]: s for s in out["stages"]}
-    assert set(stages) == {"reference_train", "rollout_prefill", "rollout_decode", "train", "online_rl_rollout_prefill",
-                           "online_rl_rollout_decode", "online_rl_logprobs", "online_rl_train", "eval_prefill",
-                           "eval_decode"}
+    assert set(stages) == (EVERY_STAGE if methods is None else EVERY_STAGE - {s for s in EVERY_STAGE if "online" in s})
     for s in stages.values():
         assert STAGE_KEYS <= set(s), s["stage"]
         assert s["fits"] and 0 < s["memory_bytes_per_chip"] < s["hbm_bytes_per_chip"] < 16 * 2**30
         assert s["roofline_seconds_per_step"] > 0 and s["flops_per_step"] > 0
     assert stages["rollout_decode"]["estimated_tokens_per_s_per_chip"] > 0
-    # Online RL holds its train state beside the reference's log-probs and its rollouts, and the
-    # reference beside its step: those count against the chip too.
-    held = {k: stages[k]["resident_bytes_per_chip"] for k in ("online_rl_logprobs", "online_rl_train", "train")}
-    assert held["online_rl_logprobs"] > 2 * held["online_rl_train"] > 0 == held["train"]
-    assert stages["online_rl_logprobs"]["estimated_tokens_per_s_per_chip"] > 0
     assert 0 < stages["train"]["estimated_mfu"] < 1
     # A step of the train stage does at least the model's matmul FLOPs on every chip's share of the batch.
     policy, _ = programs.model_configs(cfg)
@@ -95,10 +97,29 @@ def test_tiny_run_compiles_every_stage_for_a_v5e_2x2(v5e_2x2):
     assert "rollout_decode" in result.table()
 
 
+def test_online_rl_compiles_its_reference_log_probs_and_counts_what_it_holds(v5e_2x2):
+    # Online RL holds its train state beside the reference's log-probs (and its rollouts), and the
+    # reference beside its step: those count against the chip too.
+    cfg = tiny_config()
+    cfg.methods = ("reference", "online_rl")
+    _, devices = v5e_2x2
+    chip, mesh = chips.CHIPS["v5e"], sharding.make_mesh({"data": -1}, devices=devices)
+    progs = {p.stage: p for p in programs.programs(cfg, mesh, programs.Shapes(prompt_tokens=40, feedback_tokens=9))}
+    assert {"online_rl_rollout_prefill", "online_rl_rollout_decode", "online_rl_logprobs", "online_rl_train"} <= set(progs)
+    assert "train" not in progs and "rollout_decode" not in progs
+    reports = {k: analysis.analyze(progs[k], mesh, chip, 16 * 2**30) for k in ("online_rl_logprobs", "online_rl_train")}
+    held = {k: r.resident_bytes_per_chip for k, r in reports.items()}
+    assert held["online_rl_logprobs"] > 2 * held["online_rl_train"] > 0  # state (params + Adam) vs params
+    for r in reports.values():
+        assert r.fits and r.memory_bytes_per_chip > r.resident_bytes_per_chip and r.flops_per_step > 0
+    # One forward per token (no backward): about a third of the train step's FLOPs.
+    ratio = reports["online_rl_logprobs"].flops_per_step / reports["online_rl_train"].flops_per_step
+    assert 0.2 < ratio < 0.5, ratio
+    assert reports["online_rl_logprobs"].estimated_tokens_per_s_per_chip > 0
+
+
 def test_rows_that_do_not_divide_the_devices_are_an_error_naming_the_knob(v5e_2x2):
     _, devices = v5e_2x2
-    from drift_jax.lm import sharding
-
     mesh = sharding.make_mesh({"data": -1}, devices=devices)
     cfg = tiny_config(micro_batches=8)  # 16 rows in 8 micro-batches: 2 rows over 4 devices
     with pytest.raises(ValueError, match=r"2 rows .* data x fsdp = 4 devices.*train.batch_size / train.micro_batches"):
