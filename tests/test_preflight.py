@@ -153,6 +153,27 @@ def test_cli_checks_the_config_first_as_main_does():
     assert "not checked here" in out.stderr and "task: task metamath_math reads local files" in out.stderr
 
 
+def test_a_gpu_slice_compiles_without_a_gpu_where_the_cuda_plugin_is_installed():
+    # The jax CUDA plugin (jax-cuda12-plugin and jax-cuda12-pjrt at the jax version) describes an H100
+    # from XLA's target config; no GPU, driver or CUDA toolkit is needed to compile for it.
+    import importlib.util
+
+    try:
+        plugin = importlib.util.find_spec("jax_plugins.xla_cuda12")
+    except ModuleNotFoundError:  # no jax_plugins package at all
+        plugin = None
+    if plugin is None:
+        reason = "the jax CUDA plugin is not installed (pip install jax-cuda12-plugin jax-cuda12-pjrt at the jax version)"
+        print(f"\nSKIPPED gpu preflight: {reason}", file=sys.stderr)
+        pytest.skip(reason)
+    chip, devices = chips.topology_devices("h100:8")
+    assert chip.name == "h100" and len(devices) == 8 and devices[0].platform == "gpu"
+    mesh = sharding.make_mesh({"data": -1}, devices=devices)
+    train = next(p for p in programs.programs(tiny_config(), mesh, programs.Shapes(prompt_tokens=40)) if p.stage == "train")
+    r = analysis.analyze(train, mesh, chip, chip.hbm_bytes)
+    assert r.fits and r.flops_per_step > 0 and r.hbm_bytes_per_step > 0 and 0 < r.estimated_mfu < 1
+
+
 def test_chip_table_covers_the_named_generations():
     for name in ("v4", "v5e", "v5p", "v6e"):
         chip = chips.CHIPS[name]
