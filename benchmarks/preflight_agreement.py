@@ -8,10 +8,15 @@ train step is compiled again with every scan unrolled (jax.lax.scan forced to un
 made a scan), and the decode step as one trip of the decode chunk's loop alone (jax.lax.while_loop made
 one call of its body), so that XLA's own cost_analysis() counts everything, and the collectives are
 those the loop-free program issues. Memory is compared too: the unrolled program is scheduled
-differently, so it is a looser check. Configurations below were never used to tune the preflight (other
+differently, so it is a looser check. So are the train step's collectives: unrolled, XLA gathers each
+weight once for all micro-batches and reduces the summed gradients once (CSE and reassociation across
+what were loop trips), so the unrolled program moves about a third of the bytes of the scanned one that
+runs (Qwen2.5-1.5B, 4 layers, 2 micro-batches: 156 all-gathers of 5.2 GB and 67 all-reduces of 4.5 GB
+per step, against 75 of 1.6 GB and 12 of 1.2 GB); they are printed, not checked. Configurations below were never used to tune the preflight (other
 models, slices, meshes and batches than the paper configs); they keep a few layers of the published
 dimensions so that the unrolled compiles finish on a 2-core machine. One line per figure, and a JSON
-summary line at the end; exits 1 when a FLOPs, bytes or collective figure is off by more than 10%.
+summary line at the end; exits 1 when a FLOPs or bytes figure, or decode's collectives, are off by
+more than 10%.
 """
 
 import functools
@@ -134,11 +139,11 @@ def main(argv):
     for i, case in enumerate(CASES):
         if not _ONLY.value or str(i) in _ONLY.value:
             rows += check(case)
-    off = [r for r in rows if r["figure"] in ("flops", "hbm_bytes", "collective_bytes")
-           and abs(r["ratio"] - 1) > _TOLERANCE.value]
+    checked = [r for r in rows if r["figure"] in ("flops", "hbm_bytes")
+               or (r["figure"] == "collective_bytes" and r["stage"] != "train")]
+    off = [r for r in checked if abs(r["ratio"] - 1) > _TOLERANCE.value]
     print(json.dumps({"benchmark": "preflight_agreement", "seconds": round(time.perf_counter() - start),
-                      "worst": {f: max((abs(r["ratio"] - 1) for r in rows if r["figure"] == f), default=None)
-                                for f in FIGURES},
+                      "ratios": {f"{r['case']} {r['stage']} {r['figure']}": round(r["ratio"], 3) for r in rows},
                       "off": [f"{r['case']} {r['stage']} {r['figure']} {r['ratio']:.3f}" for r in off]}))
     sys.exit(1 if off else 0)
 

@@ -193,6 +193,9 @@ def test_paper_configs_fit_their_topologies_with_headroom(config, topology):
     out = subprocess.run(cmd, check=False, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
                          timeout=3000)
     assert out.returncode == 0, out.stderr[-3000:]
+    if os.environ.get("PREFLIGHT_JSON_DIR"):  # where the configs' docstrings take their figures from
+        with open(os.path.join(os.environ["PREFLIGHT_JSON_DIR"], f"{topology}.json"), "w") as f:
+            f.write(out.stdout)
     result = json.loads(out.stdout)
     assert {s["stage"] for s in result["stages"]} >= {"rollout_prefill", "rollout_decode", "train", "eval_decode"}
     for s in result["stages"]:

@@ -104,20 +104,20 @@ def _shard_bytes(tree: Any) -> int:
 
 def _costs(compiled, loop_body: bool) -> tuple[float, float, hlo.Program]:
     """(FLOPs, HBM bytes) of one call, or (`loop_body`) of one trip of its longest loop, loops inside
-    counted per trip (`hlo`), scaled to XLA's cost_analysis(): the HLO's counts under XLA's own model,
-    every loop body once, give the scale (within 0.01% of 1 on TPU programs). The bytes are those the
-    program moves: one layer's slice of a stacked operand, the update of an in-place update, where
-    XLA's model counts whole buffers (a scanned layer's fusion reading its [layers, ...] stack would
-    make a step's bytes grow with the square of the layers)."""
+    counted per trip (`hlo`). FLOPs are scaled to XLA's cost_analysis() (the HLO's count with every loop
+    body once is within 0.01% of it). Bytes are the HLO's own count of what the program moves: XLA's
+    model counts a whole stacked [layers, ...] operand where a scanned layer's fusion slices one layer
+    out of it in an inner fusion (a train step's bytes grew with the square of the layers), but not in
+    every program (decode's unrolled layers it counts by the slice), so no one scale fits both."""
     ca = compiled.cost_analysis()
     ca = ca[0] if isinstance(ca, (list, tuple)) else ca
     program = hlo.Program(compiled.as_text())
-    once = program.costs(loop_trips=False, xla_model=True)
+    once = program.costs(loop_trips=False)
     root = max(program.loops(), key=lambda loop: loop[1])[0] if loop_body else None
     step = program.costs(root)
-    ca = ca or once  # a deviceless GPU compile has no cost analysis: the HLO's own counts
-    scale = {k: ca.get(k, 0.0) / once[k] if once[k] else 1.0 for k in ("flops", "bytes accessed")}
-    return float(step["flops"] * scale["flops"]), float(step["bytes accessed"] * scale["bytes accessed"]), program
+    flops = ca.get("flops", 0.0) if ca else 0.0  # a deviceless GPU compile has no cost analysis
+    scale = flops / once["flops"] if flops and once["flops"] else 1.0
+    return float(step["flops"] * scale), float(step["bytes accessed"]), program
 
 
 def _traffic(c: hlo.Collective) -> float:

@@ -9,12 +9,13 @@ its callers.
 The cost model follows XLA's HloCostAnalysis: a dot or convolution is 2 x output elements x the
 contracted size (kernel taps that land on padding or dilation holes excluded), an elementwise op one FLOP per
 element, and HBM bytes are the operands and outputs of each top-level instruction. At one trip per
-loop and with `xla_model=True` its FLOPs and bytes match cost_analysis() on TPU to <0.01%. By default
-the bytes are those the program moves where XLA's model counts whole buffers: a fusion that slices one
-layer out of a stacked [layers, ...] operand inside an inner fusion reads that slice (XLA counts the
-stack, on every trip of the layer loop: bytes that grew with the square of the layers), and an in-place
-update writes its update and does not read its buffer. Collectives are identified by channel id: the TPU compiler splits one all-gather over
-several async fusions that all print it.
+loop its FLOPs match cost_analysis() on TPU to <0.01%. Its bytes are those the program moves: a fusion
+that slices one layer out of a stacked [layers, ...] operand inside an inner fusion reads that slice,
+and an in-place update writes its update and does not read its buffer. XLA's TPU model counts the whole
+stack in a scanned train step (`xla_model=True` reproduces it there to <0.01%: bytes that grew with the
+square of the layers once trips are counted) but the slice in decode's unrolled layers. Collectives are
+identified by channel id: the TPU compiler splits one all-gather over several async fusions that all
+print it.
 """
 
 from __future__ import annotations
