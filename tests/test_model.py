@@ -176,3 +176,31 @@ def test_logits_at_one_position_per_row(params):
     assert got.shape == (3, 1, CFG.vocab_size)
     np.testing.assert_allclose(got, want, atol=1e-5)
     np.testing.assert_array_equal(cache.lengths_B, lens)
+
+
+def test_per_layer_form_equals_the_stacked_forward(params):
+    """`per_layer` params and `LayerCaches` (the CPU decode loop's form: layers unstacked, K stored as
+    [B, K, H, S]): a ragged prefill then decode steps give the full forward's logits, the cache converts
+    back to exactly the stacked one, and the stacked layout round-trips."""
+    toks = _tokens((3, 11), seed=11)
+    lens = np.array([7, 2, 5])
+    stacked_cache = model.init_cache(CFG, 3, 16)
+    layer_params, cache = model.per_layer(params, stacked_cache)
+    assert "layers" not in layer_params and cache.k[0].shape == (3, CFG.num_kv_heads, CFG.head_dim, 16)
+    first, cache = model.forward(layer_params, CFG, toks[:, :7], cache=cache, num_new_B=jnp.asarray(lens))
+    want_first, stacked_cache = model.forward(params, CFG, toks[:, :7], cache=stacked_cache, num_new_B=jnp.asarray(lens))
+    np.testing.assert_allclose(first, want_first, atol=1e-5)
+    for i in range(4):  # one token per row, each at its own position
+        step = toks[np.arange(3), lens + i][:, None]
+        out, cache = model.forward(layer_params, CFG, step, cache=cache)
+        want, stacked_cache = model.forward(params, CFG, step, cache=stacked_cache)
+        np.testing.assert_allclose(out, want, atol=1e-5)
+    for b, n in enumerate(lens + 4):
+        full = model.logits(params, CFG, np.concatenate([toks[b, : lens[b]], toks[b, lens[b] : n]])[None])
+        np.testing.assert_allclose(out[b, 0], full[0, -1], atol=1e-5)
+    back = model.stacked(cache)
+    np.testing.assert_array_equal(back.lengths_B, stacked_cache.lengths_B)
+    np.testing.assert_allclose(back.k_LxBxSxKxH, stacked_cache.k_LxBxSxKxH, atol=1e-6)
+    np.testing.assert_allclose(back.v_LxBxSxKxH, stacked_cache.v_LxBxSxKxH, atol=1e-6)
+    again = model.stacked(model.per_layer(params, stacked_cache)[1])
+    jax.tree.map(np.testing.assert_array_equal, again, stacked_cache)

@@ -151,6 +151,30 @@ def test_mesh_of_8_devices_equals_one_device():
     assert state.cache.k_LxBxSxKxH.sharding.spec == want
 
 
+def test_decode_chunk_per_layer_equals_stacked(params):
+    """The decode chunk on `model.per_layer` params and cache (the CPU default) and on the stacked ones
+    (TPU's: layer slices read in place) sample the same tokens with the same log-probs and leave the
+    same cache and logits."""
+    prompts = _prompts([5, 12, 1, 8], seed=9)
+    tokens, lengths = _padded(prompts)
+    rows = sampling.new_rows(sampling.row_keys(jax.random.key(6), 4), np.full((4, 2), 5), last_turn=2)
+    plan = sampling.Plan(sampling.Sampling(temperature=1.0, top_k=20, top_p=0.9, stop_tokens=(7,)), (3, 4), 12)
+    got = {}
+    for per_layer in (True, False):
+        state, _ = sampling.prefill(params, CFG, tokens, lengths, max_length=48)
+        fn = sampling._decode_fn(CFG, None, 4, 48, 2, plan, per_layer)
+        got[per_layer] = jax.device_get(fn(params, state=state, rows=rows))
+    (s1, r1, c1), (s0, r0, c0) = got[True], got[False]
+    np.testing.assert_array_equal(c1.tokens_BxN, c0.tokens_BxN)
+    np.testing.assert_array_equal(c1.ends_BxN, c0.ends_BxN)
+    assert (c1.turns_BxN == 2).any()  # the forced tokens and a second turn ran
+    np.testing.assert_allclose(c1.logprobs_BxN, c0.logprobs_BxN, atol=1e-5)
+    np.testing.assert_allclose(s1.logits_BxV, s0.logits_BxV, atol=1e-4)
+    np.testing.assert_allclose(s1.cache.k_LxBxSxKxH, s0.cache.k_LxBxSxKxH, atol=1e-5)
+    np.testing.assert_array_equal(s1.cache.lengths_B, s0.cache.lengths_B)
+    jax.tree.map(np.testing.assert_array_equal, r1, r0)
+
+
 def test_full_cache_is_reported_not_silently_truncated(params):
     prompts = _prompts([10, 3], seed=2)
     keys = sampling.row_keys(jax.random.key(0), 2)

@@ -10,6 +10,8 @@ The KV cache (`Cache`) is an explicit pytree with per-row lengths, so one call s
   * one decode step (T = 1).
 Row b's i-th new token sits at position cache.lengths[b] + i; it is written there and attends to
 positions <= its own. Tokens beyond num_new_B[b] are padding: never written, their outputs junk.
+The layers are scanned over stacked params and a stacked cache; `per_layer` gives the form a decode loop
+on XLA:CPU carries (layers unstacked, one cache per layer), which runs the same Block per layer.
 """
 
 from __future__ import annotations
@@ -99,6 +101,39 @@ CACHE_LOGICAL = Cache(
 )
 
 
+@flax.struct.dataclass
+class LayerCaches:
+    """The cache as the decode loop carries it on XLA:CPU (`per_layer`): one K and V per layer, each
+    updated in place (XLA:CPU copies a stacked array's layer slice on every read, weights too), K as
+    [B, K, H, S] and V as [B, K, S, H] so that both attention products are plain batched matmuls."""
+
+    k: tuple  # [B, K, H, S] per layer
+    v: tuple  # [B, K, S, H] per layer
+    lengths_B: jax.Array
+
+    @property
+    def max_length(self) -> int:
+        return self.k[0].shape[3]
+
+
+def per_layer(params: Params, cache: Cache) -> tuple[Params, LayerCaches]:
+    """The params with their layers unstacked (`layers_0`, `layers_1`, ...) and the cache as
+    `LayerCaches`: what a decode loop on XLA:CPU makes once, outside the loop. `forward` takes both."""
+    out = {k: v for k, v in params.items() if k != "layers"}
+    for i in range(cache.k_LxBxSxKxH.shape[0]):
+        out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["layers"])
+    k = tuple(jnp.transpose(x, (0, 2, 3, 1)) for x in cache.k_LxBxSxKxH)
+    v = tuple(jnp.transpose(x, (0, 2, 1, 3)) for x in cache.v_LxBxSxKxH)
+    return out, LayerCaches(k, v, cache.lengths_B)
+
+
+def stacked(cache: LayerCaches) -> Cache:
+    """`per_layer`'s cache back in the stacked layout."""
+    k = jnp.stack([jnp.transpose(x, (0, 3, 1, 2)) for x in cache.k])
+    v = jnp.stack([jnp.transpose(x, (0, 2, 1, 3)) for x in cache.v])
+    return Cache(k, v, cache.lengths_B)
+
+
 def init_cache(config: ModelConfig, batch: int, max_length: int, dtype: Any = None) -> Cache:
     shape = (config.num_layers, batch, max_length, config.num_kv_heads, config.head_dim)
     dtype = jnp.dtype(dtype or config.dtype)
@@ -132,10 +167,11 @@ class _Step:
     positions_BxT: jax.Array
     mask_BxTxS: jax.Array
     write_pos_BxT: jax.Array | None  # None: no cache
+    layout: str = "BSKH"  # the K and V layouts: "BSKH" (stacked) or "BKHS" (LayerCaches); see attention.attend
 
 
 jax.tree_util.register_dataclass(
-    _Step, data_fields=["positions_BxT", "mask_BxTxS", "write_pos_BxT"], meta_fields=[]
+    _Step, data_fields=["positions_BxT", "mask_BxTxS", "write_pos_BxT"], meta_fields=["layout"]
 )
 
 
@@ -166,10 +202,14 @@ class Attention(nn.Module):
 
         if kv_cache is not None:
             k_cache, v_cache = kv_cache
-            rows_B1 = jnp.arange(x_BxTxD.shape[0])[:, None]
+            rows_B1, pos_BxT = jnp.arange(x_BxTxD.shape[0])[:, None], step.write_pos_BxT
             # Out-of-range write positions (padding tokens) are dropped, never written.
-            k_cache = k_cache.at[rows_B1, step.write_pos_BxT].set(kk.astype(k_cache.dtype), mode="drop")
-            v_cache = v_cache.at[rows_B1, step.write_pos_BxT].set(vv.astype(v_cache.dtype), mode="drop")
+            if step.layout == "BSKH":
+                k_cache = k_cache.at[rows_B1, pos_BxT].set(kk.astype(k_cache.dtype), mode="drop")
+                v_cache = v_cache.at[rows_B1, pos_BxT].set(vv.astype(v_cache.dtype), mode="drop")
+            else:  # "BKHS": K [B, K, H, S], V [B, K, S, H]; the indexed axes lead: [B, T, K, H]
+                k_cache = k_cache.at[rows_B1, :, :, pos_BxT].set(kk.astype(k_cache.dtype), mode="drop")
+                v_cache = v_cache.at[rows_B1, :, pos_BxT].set(vv.astype(v_cache.dtype), mode="drop")
             keys, values, kv_cache = k_cache.astype(dt), v_cache.astype(dt), (k_cache, v_cache)
         else:
             keys, values = kk, vv
@@ -177,7 +217,10 @@ class Attention(nn.Module):
         if kv_cache is None:  # training / full forward: causal query blocks, rematerialised
             out = checkpoint_name(attention.causal_blocks(q, keys, values, step.mask_BxTxS), "attention")
         else:
-            out = attention.attend(q, keys, values, step.mask_BxTxS)
+            out = attention.attend(q, keys, values, step.mask_BxTxS, step.layout)
+        if step.layout == "BKHS":  # heads merged: else XLA:CPU transposes wo on every decode step
+            out_BxTxF = out.reshape(*out.shape[:2], n * h)
+            return jnp.einsum("BTF,FD->BTD", out_BxTxF, wo.reshape(n * h, d).astype(dt)), kv_cache
         return jnp.einsum("BTNH,NHD->BTD", out, wo.astype(dt)), kv_cache
 
 
@@ -225,6 +268,7 @@ _REMAT_POLICIES = {
 
 class Decoder(nn.Module):
     config: ModelConfig
+    per_layer: bool = False  # params layers_0, layers_1, ... and a cache per layer (see `per_layer`)
 
     @nn.compact
     def __call__(self, tokens_BxT, step: _Step, kv_cache, logits_at_B=None, hidden_only=False):
@@ -254,7 +298,14 @@ class Decoder(nn.Module):
             unroll=cfg.num_layers if kv_cache is not None else 1,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        x, kv_cache = scan(block(cfg, name="layers"), x, kv_cache)
+        if self.per_layer:  # the same Block, applied layer by layer, each with its own cache
+            caches = []
+            for i, layer_cache in enumerate(kv_cache):
+                x, layer_cache = Block(cfg, name=f"layers_{i}")(x, layer_cache, step)
+                caches.append(layer_cache)
+            kv_cache = tuple(caches)
+        else:
+            x, kv_cache = scan(block(cfg, name="layers"), x, kv_cache)
         if logits_at_B is not None:  # the LM head at one position per row only
             x = jnp.take_along_axis(x, logits_at_B[:, None, None], axis=1)
         x = RMSNorm(cfg, name="final_norm")(x)
@@ -314,12 +365,13 @@ def forward(
     *,
     positions_BxT: jax.Array | None = None,
     segment_ids_BxT: jax.Array | None = None,
-    cache: Cache | None = None,
+    cache: Cache | LayerCaches | None = None,
     num_new_B: jax.Array | None = None,
     logits_at_B: jax.Array | None = None,
-) -> tuple[jax.Array, Cache | None]:
+) -> tuple[jax.Array, Cache | LayerCaches | None]:
     """Runs the decoder. Without a cache: causal (optionally packed) forward. With a cache: appends
-    `num_new_B` (default: all T) tokens per row at the row's current length and attends to its prefix.
+    `num_new_B` (default: all T) tokens per row at the row's current length and attends to its prefix
+    (a `LayerCaches` with `per_layer` params runs the same layers one by one).
     Returns float32 logits [B, T, V] and the updated cache; with `logits_at_B` (int [B], positions in
     0..T-1) only row b's logits at position logits_at_B[b]: [B, 1, V] (a prefill needs no more)."""
     tokens_BxT = jnp.asarray(tokens_BxT, jnp.int32)
@@ -335,11 +387,17 @@ def forward(
     positions = cache.lengths_B[:, None] + offsets_T
     write_pos = jnp.where(offsets_T < num_new_B[:, None], positions, s)  # s = out of range: dropped
     mask = jnp.arange(s)[None, None, :] <= positions[:, :, None]
+    lengths = jnp.minimum(cache.lengths_B + num_new_B.astype(jnp.int32), s)
+    if isinstance(cache, LayerCaches):  # params from `per_layer` too
+        step = _Step(positions, mask, write_pos, "BKHS")
+        logits, kv = Decoder(config, per_layer=True).apply(
+            {"params": params}, tokens_BxT, step, tuple(zip(cache.k, cache.v)), logits_at_B
+        )
+        return logits, LayerCaches(tuple(k for k, _ in kv), tuple(v for _, v in kv), lengths)
     step = _Step(positions, mask, write_pos)
     logits, (k, v) = Decoder(config).apply(
         {"params": params}, tokens_BxT, step, (cache.k_LxBxSxKxH, cache.v_LxBxSxKxH), logits_at_B
     )
-    lengths = jnp.minimum(cache.lengths_B + num_new_B.astype(jnp.int32), s)
     return logits, Cache(k, v, lengths)
 
 
