@@ -6,8 +6,9 @@ fixed by the caller (rows B, cache length S, prompt buckets), so a stage compile
   * `extend(params, config, state, tokens_BxT, num_new_B)` appends num_new_B[b] tokens to row b;
     `prefill` is an extend of an empty state.
   * `refill(...)` prefills a few prompts into a small scratch cache and copies each prompt's rows into
-    the destination rows of the big state: the K samples of a problem share one prefill.
-    `take_rows` gathers rows into a narrower state.
+    the destination rows of the big state: the K samples of a problem share one prefill;
+    `copy_prompt` starts a row from another row's prompt (samples that start later). `take_rows`
+    gathers rows into a narrower state.
   * `decode_chunk(params, config, state, rows, ...)` runs up to N steps. Row b is a small state machine
     (`Rows`): it samples turn t up to a stop token or its budget, then (if t is not its last turn)
     feeds the forced tokens (end of turn when it was cut, then the feedback) and samples turn t+1, with
@@ -31,8 +32,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from drift_jax.lm import sharding
-from drift_jax.lm.model import CACHE_LOGICAL, Cache, ModelConfig, Params, forward, init_cache, param_logical_axes
+from drift_jax.lm import model, sharding
+from drift_jax.lm.model import (
+    CACHE_LOGICAL,
+    Cache,
+    ModelConfig,
+    Params,
+    forward,
+    init_cache,
+    param_logical_axes,
+)
 from drift_jax.lm.sample import Sampling, sample_tokens
 
 BUCKET = 16  # extend lengths are rounded up to this to limit recompiles
@@ -108,6 +117,10 @@ def _rows(mesh: Mesh | None, shape) -> jax.sharding.Sharding | None:
     names = ("batch",) + (None,) * (len(shape) - 1) if shape else ()
     with sharding.use_rules(RULES):
         return sharding.named_sharding(mesh, names, shape)
+
+
+def _platform(mesh: Mesh | None) -> str:
+    return mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
 
 
 @contextlib.contextmanager
@@ -240,6 +253,31 @@ def refill(
         )
 
 
+def _copy_prompt(state: DecodeState, src, dst, logits_V, length, *, n: int) -> DecodeState:
+    c = state.cache
+    # A gather and a scatter over rows (as `_refill`'s), which a row-sharded cache partitions locally.
+    k = c.k_LxBxSxKxH.at[:, dst[None], :n].set(c.k_LxBxSxKxH[:, src[None], :n])
+    v = c.v_LxBxSxKxH.at[:, dst[None], :n].set(c.v_LxBxSxKxH[:, src[None], :n])
+    cache = Cache(k, v, c.lengths_B.at[dst].set(length))
+    return DecodeState(cache, state.logits_BxV.at[dst].set(logits_V))
+
+
+@functools.lru_cache(maxsize=64)
+def _copy_fn(config: ModelConfig, mesh: Mesh | None, batch: int, max_length: int, n: int):
+    out = _state_shardings(mesh, config, batch, max_length)
+    return jax.jit(functools.partial(_copy_prompt, n=n), out_shardings=out, donate_argnames="state")
+
+
+def copy_prompt(state: DecodeState, src: int, dst: int, logits_V: jax.Array, length: int, *, n: int,
+                config: ModelConfig, mesh: Mesh | None = None) -> DecodeState:
+    """Row dst starts from row src's first `length` cache positions (a prompt it was prefilled with; n >=
+    length, static: the prompt bucket) and the prompt's next-token logits (kept from its prefill).
+    Donates `state`."""
+    b, s = state.cache.lengths_B.shape[0], state.cache.max_length
+    with _in_layout(mesh):
+        return _copy_fn(config, mesh, b, s, min(n, s))(state, jnp.int32(src), jnp.int32(dst), logits_V, jnp.int32(length))
+
+
 def _take_rows(state: DecodeState, src_W) -> DecodeState:
     c = state.cache
     cache = Cache(c.k_LxBxSxKxH[:, src_W], c.v_LxBxSxKxH[:, src_W], c.lengths_B[src_W])
@@ -262,10 +300,13 @@ def take_rows(state: DecodeState, src_W, *, config: ModelConfig, mesh: Mesh | No
 # ----------------------------------------------------------------------------- decode
 
 
-def _decode_chunk(params, config: ModelConfig, state: DecodeState, rows: Rows, *, plan: Plan):
+def _decode_chunk(params, config: ModelConfig, state: DecodeState, rows: Rows, *, plan: Plan, per_layer: bool):
     TRACES["decode"] += 1  # at trace time: one per compiled program
     b, n = rows.turn_B.shape[0], plan.steps
     s = state.cache.max_length
+    if per_layer:  # else XLA:CPU copies every layer's weights and cache on every step (see model.LayerCaches)
+        params, cache = model.per_layer(params, state.cache)
+        state = DecodeState(cache, state.logits_BxV)
     rule = plan.sampling
     stops = jnp.asarray(rule.stop_tokens or (-1,), jnp.int32)
     forced_F = jnp.asarray(plan.forced, jnp.int32)
@@ -316,7 +357,7 @@ def _decode_chunk(params, config: ModelConfig, state: DecodeState, rows: Rows, *
             active_B=live_B & ~(ended_B & last_B),
             budget_BxU=r.budget_BxU,
         )
-        col = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None], (0, i))  # noqa: E731
+        col = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None], (0, i))
         out = Chunk(
             tokens_BxN=col(out.tokens_BxN, jnp.where(sampling_B, sampled_B, -1)),
             logprobs_BxN=col(out.logprobs_BxN, jnp.where(sampling_B, logp_B, 0.0)),
@@ -328,15 +369,22 @@ def _decode_chunk(params, config: ModelConfig, state: DecodeState, rows: Rows, *
         return i + 1, st, r, out
 
     _, state, rows, out = jax.lax.while_loop(cond, body, (jnp.int32(0), state, rows, out))
+    if per_layer:
+        state = DecodeState(model.stacked(state.cache), state.logits_BxV)
     return state, rows, out
 
 
 @functools.lru_cache(maxsize=64)
-def _decode_fn(config: ModelConfig, mesh: Mesh | None, batch: int, max_length: int, turns: int, plan: Plan):
-    fn = functools.partial(_decode_chunk, config=config, plan=plan)
+def _decode_fn(config: ModelConfig, mesh: Mesh | None, batch: int, max_length: int, turns: int, plan: Plan,
+               per_layer: bool | None = None):
+    """The jitted chunk. per_layer (default: on CPU) runs the loop on `model.per_layer` params and cache,
+    made once per chunk; elsewhere (TPU) the loop reads the layer slices of the stacked params and cache
+    in place (no second copy of either in memory)."""
+    per_layer = _platform(mesh) == "cpu" if per_layer is None else per_layer
+    fn = functools.partial(_decode_chunk, config=config, plan=plan, per_layer=per_layer)
     out = None
     if mesh is not None:
-        rows = lambda *shape: _rows(mesh, shape)  # noqa: E731
+        rows = lambda *shape: _rows(mesh, shape)
         b, n = batch, plan.steps
         row_sh = Rows(rows(b, 2), rows(b), rows(b), rows(b), rows(b), rows(b), rows(b, turns))
         chunk_sh = Chunk(rows(b, n), rows(b, n), rows(b, n), rows(b, n), rows(b), rows())
@@ -361,7 +409,7 @@ def new_rows(keys_B: jax.Array, budget_BxU, *, turn=1, last_turn=None, active_B=
     key_Bx2 = np.array(jax.random.key_data(keys_B), np.uint32)
     b = key_Bx2.shape[0]
     budget_BxU = np.array(np.broadcast_to(budget_BxU, (b, np.shape(budget_BxU)[-1])), np.int32)
-    full = lambda v: np.array(np.broadcast_to(np.asarray(v, np.int32), (b,)))  # noqa: E731
+    full = lambda v: np.array(np.broadcast_to(np.asarray(v, np.int32), (b,)))
     return Rows(
         key_Bx2=key_Bx2, turn_B=full(turn), last_turn_B=full(turn if last_turn is None else last_turn),
         index_B=np.zeros(b, np.int32), forced_B=np.full(b, NONE_FORCED, np.int32),
