@@ -102,7 +102,7 @@ def main():
         "compile_seconds": round(c, 2), "static_compile_seconds": round(c_static, 2),
         "useful_tokens": useful, "episodes": len(jobs), "turns": len(turns),
         "rows": ROWS, "chunk_steps": ENGINE.chunk_steps, "row_widths": engine.row_widths(ROWS, ENGINE.row_buckets),
-        "narrowed": stats.narrowed, "prefills": stats.prefills,
+        "narrowed": stats.narrowed, "prefills": stats.prefills, "prompt_copies": stats.prompt_copies,
         "static_prefills": stats_static.prefills, "trajectories_equal": True, "devices": jax.device_count(),
     }))
 

@@ -101,6 +101,7 @@ def test_engine_equals_static_engine_and_ignores_rows_chunks_and_mesh():
             assert got[key][0] == static[key][0] and got[key][2] == static[key][2]
             np.testing.assert_allclose(got[key][1], static[key][1], atol=1e-5)
         assert stats.prefills < len(jobs)  # samples of a problem share a prefill
+        assert stats.prompt_copies >= 1  # also samples that start later (a busy row's prompt copied)
         assert stats.narrowed >= 1  # the drain's narrower states are covered
 
 

@@ -378,8 +378,8 @@ def _decode_chunk(params, config: ModelConfig, state: DecodeState, rows: Rows, *
 def _decode_fn(config: ModelConfig, mesh: Mesh | None, batch: int, max_length: int, turns: int, plan: Plan,
                per_layer: bool | None = None):
     """The jitted chunk. per_layer (default: on CPU) runs the loop on `model.per_layer` params and cache,
-    made once per chunk; elsewhere (TPU) the loop reads the layer slices of the stacked params and cache
-    in place (no second copy of either in memory)."""
+    made once per chunk; elsewhere (TPU) it runs on the stacked ones, the program the preflight measures
+    (a per-layer copy would hold the weights and the cache twice in HBM)."""
     per_layer = _platform(mesh) == "cpu" if per_layer is None else per_layer
     fn = functools.partial(_decode_chunk, config=config, plan=plan, per_layer=per_layer)
     out = None

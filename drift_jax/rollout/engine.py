@@ -5,7 +5,8 @@ turns on the device without a barrier: after a turn ends it feeds the end-of-tur
 and samples the next turn at once. Between chunks the host reads the chunk, hands every ended turn to
 the caller's `verify` (which says whether the episode is over: solved, or out of turns), releases the
 rows of finished episodes (tokens a row sampled past its episode's end are dropped) and refills them
-with the next episodes: one prefill per prompt, copied into the rows of its K samples. Once no episode
+with the next episodes: one prefill per prompt, copied into the rows of its K samples, also of samples
+that start later while a row still holds the prompt. Once no episode
 is left to start (the stage's drain), the busy rows are moved into a smaller state (rows/2, rows/4, ...:
 `EngineConfig.row_buckets` widths) so that idle rows are not computed.
 Shapes come from `EngineConfig`, not from the episodes: the decode chunk compiles once per row width, the
@@ -67,6 +68,7 @@ class Stats:
     sampled: int = 0  # tokens sampled into the episodes' turns (speculative tokens dropped are not)
     forced: int = 0  # end-of-turn and feedback tokens fed between turns
     prefills: int = 0
+    prompt_copies: int = 0  # rows started from a busy row's prompt (no prefill)
     narrowed: int = 0  # times the drain moved the busy rows into a narrower state
     steady_row_steps: int = 0  # the same two while episodes were still waiting for a row (no drain)
     steady_sampled: int = 0
@@ -128,12 +130,13 @@ def run(
     rows = sampling.new_rows(idle_keys, np.ones((b, max_turns), np.int32), active_B=np.zeros(b, bool))
     busy = _Busy(np.full(b, -1), [None] * b, np.zeros(b, np.int32))
     pending = collections.deque(range(len(jobs)))
+    prompt_logits: dict = {}  # prompt key -> its next-token logits, while a busy row holds the prompt
     while pending or (busy.job >= 0).any():
         free = np.flatnonzero(busy.job < 0)
         if len(free) and pending:
             groups = _take(jobs, pending, len(free), group_size)
-            state = _start(params, config, state, rows, busy, jobs, groups, free, cfg, buckets, mesh)
-            stats.prefills += len(groups)
+            state = _start(params, config, state, rows, busy, jobs, groups, free, cfg, buckets, mesh, prompt_logits,
+                           stats)
         elif not pending:  # the drain: the narrowest width that holds the busy rows
             width = min(w for w in widths if w >= len(busy.job) - len(free))
             if width < len(busy.job):
@@ -190,13 +193,34 @@ def _take(jobs, pending: collections.deque, n: int, group_size: int) -> list[lis
     return groups
 
 
-def _start(params, config, state, rows, busy: _Busy, jobs, groups, free, cfg: EngineConfig, buckets, mesh):
-    """Prefills each group's prompt once into the rows of its jobs and sets those rows going."""
+def _prompt_key(job: Job):
+    """Jobs with equal keys (not None) share a prompt's prefill."""
+    return None if job.group is None else (job.group, job.prompt_ids)
+
+
+def _start(params, config, state, rows, busy: _Busy, jobs, groups, free, cfg: EngineConfig, buckets, mesh,
+           prompt_logits: dict, stats: Stats):
+    """Starts each group's jobs: from a copy of a busy row that holds their prompt (its cache prefix and
+    the prompt's logits, kept from its prefill), else from one prefill of the prompt into their rows."""
     b, k = len(busy.job), max(len(g) for g in groups)
     free = list(free)
+    holders = {_prompt_key(jobs[busy.job[r]]): r for r in np.flatnonzero(busy.job >= 0)}
+    fresh = []
+    for g in groups:
+        key = _prompt_key(jobs[g[0]])
+        if key is None or key not in holders or key not in prompt_logits:
+            fresh.append(g)
+            continue
+        n = len(key[1])
+        for j in g:
+            r = free.pop(0)
+            _assign(rows, busy, jobs, j, r)
+            t = next(x for x in buckets if x >= n)
+            state = sampling.copy_prompt(state, holders[key], r, prompt_logits[key], n, n=t, config=config, mesh=mesh)
+            stats.prompt_copies += 1
     p = cfg.prefill_rows
-    for start in range(0, len(groups), p):
-        part = groups[start : start + p]
+    for start in range(0, len(fresh), p):
+        part = fresh[start : start + p]
         longest = max(len(jobs[g[0]].prompt_ids) for g in part)
         t = next(x for x in buckets if x >= longest)
         tokens = np.zeros((p, t), np.int32)
@@ -206,17 +230,28 @@ def _start(params, config, state, rows, busy: _Busy, jobs, groups, free, cfg: En
             prompt = jobs[g[0]].prompt_ids
             tokens[i, : len(prompt)], lengths[i] = prompt, len(prompt)
             for m, j in enumerate(g):
-                r = free.pop(0)
-                dst[i, m] = r
-                job = jobs[j]
-                rows.key_Bx2[r] = job.key
-                rows.turn_B[r], rows.last_turn_B[r], rows.index_B[r] = 1, len(job.budgets), 0
-                rows.forced_B[r], rows.active_B[r] = sampling.NONE_FORCED, True
-                rows.budget_BxU[r] = 0
-                rows.budget_BxU[r, : len(job.budgets)] = job.budgets
-                busy.job[r], busy.turn[r], busy.turn_number[r] = j, TurnOut([], [], False), 1
+                dst[i, m] = r = free.pop(0)
+                _assign(rows, busy, jobs, j, r)
         state = sampling.refill(params, config, state, tokens, lengths, dst, mesh=mesh)
+        stats.prefills += len(part)
+        for i, g in enumerate(part):
+            if _prompt_key(jobs[g[0]]) is not None:
+                prompt_logits[_prompt_key(jobs[g[0]])] = state.logits_BxV[int(dst[i, 0])]
+    held = {_prompt_key(jobs[j]) for j in busy.job[busy.job >= 0]}
+    for key in [x for x in prompt_logits if x not in held]:
+        del prompt_logits[key]
     return state
+
+
+def _assign(rows: sampling.Rows, busy: _Busy, jobs, j: int, r: int) -> None:
+    """Row r starts job j's first turn."""
+    job = jobs[j]
+    rows.key_Bx2[r] = job.key
+    rows.turn_B[r], rows.last_turn_B[r], rows.index_B[r] = 1, len(job.budgets), 0
+    rows.forced_B[r], rows.active_B[r] = sampling.NONE_FORCED, True
+    rows.budget_BxU[r] = 0
+    rows.budget_BxU[r, : len(job.budgets)] = job.budgets
+    busy.job[r], busy.turn[r], busy.turn_number[r] = j, TurnOut([], [], False), 1
 
 
 def _collect(chunk: sampling.Chunk, rows: sampling.Rows, busy: _Busy, jobs, verify: Verify, num_forced: int):
