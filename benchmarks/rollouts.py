@@ -6,8 +6,9 @@ TURNS turns; the response length of each (problem, sample, turn) is drawn from a
 MEDIAN tokens, long tail) capped at max_new_tokens=512 and forced by per-row budgets (no stop tokens),
 so a random model serves; an episode ends at a success drawn per (problem, sample, turn) with
 probability P_SUCCESS, or after TURNS turns. Model: random Qwen2-style decoder (f32).
-useful tokens = response tokens of the episodes' turns; utilisation = useful tokens / (rows x decode
-steps computed). Both engines must produce identical trajectories (checked).
+useful tokens = response tokens of the episodes' turns; utilisation = useful tokens / row-steps computed
+(each chunk's rows, the drain's narrower widths included, x its decode steps; prefills are not decode
+steps). Both engines must produce identical trajectories (checked).
 """
 
 from __future__ import annotations
