@@ -10,9 +10,10 @@ DRIFT 55.6 vs online multi-turn RL 56.1.
 Preflight on a v5e-64 (per chip of 15.75 GiB, prompts up to 512 tokens):
     python -m drift_jax.preflight --config=configs/llama3_1_8b.py --topology=v5e:8x8 \
         --config.model.preset=llama3_1_8b
-rollout prefill 7.64 GiB, decode 7.80 GiB (roofline 176 tokens/s/chip), train step 8.81 GiB (44%
-headroom; 98 GB of weight all-gathers per step; roofline MFU 40%), eval decode 10.62 GiB. The train
-step needs micro_batches=8: 16 rows per micro-batch, one per data x fsdp group.
+rollout prefill 7.64 GiB, decode 7.80 GiB (27.1 GB of HBM traffic per token step, roofline 121
+tokens/s/chip), train step 8.81 GiB (44% headroom; 98 GB of weight all-gathers and 61,968
+collective-permutes of 76 GB per step; roofline MFU 33%), eval decode 10.62 GiB. The train step needs
+micro_batches=8: 16 rows per micro-batch, one per data x fsdp group.
 """
 
 import ml_collections
