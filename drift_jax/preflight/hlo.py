@@ -288,6 +288,8 @@ class Program:
         outputs = [shape_bytes(f"{t}[{d}]") for t, d in _SHAPE.findall(ins.shape)]
         if ins.opcode in _SLICING and operands:  # reads the slice, not the buffer
             operands[0] = min(operands[0], sum(outputs))
+        elif ins.opcode == "slice-start" and operands and len(outputs) > 1:  # ((operand), slice, s32[])
+            operands[0] = min(operands[0], outputs[1])
         elif ins.opcode == "fusion" and ins.callees:
             operands = [min(n, self._sliced_read(ins.callees[0][1], i, not xla_model)) for i, n in enumerate(operands)]
         for out_index, operand_index in _aliases(ins.attrs):  # buffers passed through untouched
