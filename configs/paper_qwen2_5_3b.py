@@ -14,8 +14,8 @@ TPU v4-32 / v5e-32; rollouts and eval hold the bf16 weights whole on every chip 
 Preflight on a v5e-32 (README, "Before you launch"; per chip of 15.75 GiB, prompts up to 512 tokens):
     python -m drift_jax.preflight --config=configs/paper_qwen2_5_3b.py --topology=v5e:4x8 \
         --config.model.preset=qwen2_5_3b
-rollout prefill 9.94 GiB, decode 10.42 GiB (no collectives per token; 33.3 GB of HBM traffic per token
-step, roofline 394 tokens/s/chip), train step 13.51 GiB (14% headroom; 36 all-gathers of 19.9 GB and
+rollout prefill 9.94 GiB, decode 10.42 GiB (no collectives per token; 27.6 GB of HBM traffic per token
+step, roofline 475 tokens/s/chip), train step 13.51 GiB (14% headroom; 36 all-gathers of 19.9 GB and
 101,876 collective-permutes of 130 GB per step, the compiler's windowed matmuls gathering the FSDP
 weights shard by shard; roofline MFU 21%, bound by HBM bytes), eval 8.33 / 10.42 GiB. The train step
 fits by micro_batches=4 (32 rows each: one per chip) and a chunked cross-entropy: in one micro-batch it
