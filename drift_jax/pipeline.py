@@ -18,10 +18,11 @@ dataclasses of the libraries.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
-import shutil
 import time
 from typing import Any
 
@@ -35,6 +36,7 @@ from drift_jax.evaluation import held_out, report
 from drift_jax.lm import hf, model, sharding
 from drift_jax.rollout import driver, engine, episodes, returns, supervision
 from drift_jax.rollout.weights import drift_weights, weight_diagnostics
+from drift_jax.runtime import files, hosts
 from drift_jax.stages import Stage, Stages, reads
 from drift_jax.train import batches, trainer
 
@@ -85,10 +87,22 @@ def problems(cfg: ml_collections.ConfigDict, split: str, n: int, seed_offset: in
 
 
 def save_policy(model_config: model.ModelConfig, params: model.Params, tokenizer_dir: str, out: str) -> None:
+    """Collective: every process calls it, process 0 writes (`hf.save_hf`)."""
     hf.save_hf(model_config, params, out)
-    for name in _TOKENIZER_FILES:
-        if os.path.exists(os.path.join(tokenizer_dir, name)):
-            shutil.copy(os.path.join(tokenizer_dir, name), out)
+    with shared_write(f"tokenizer:{out}") as writer:
+        for name in _TOKENIZER_FILES:
+            if writer and files.exists(files.join(tokenizer_dir, name)):
+                files.path(files.join(tokenizer_dir, name)).copy(files.path(files.join(out, name)), overwrite=True)
+
+
+@contextlib.contextmanager
+def shared_write(name: str):
+    """A file every process would write alike: process 0 writes it (the block gets True), and no process
+    goes on before it is written."""
+    try:
+        yield hosts.is_writer()
+    finally:
+        hosts.barrier(f"shared_write:{name}")
 
 
 def load_policy(path: str, mesh, cfg: ml_collections.ConfigDict):
@@ -96,7 +110,12 @@ def load_policy(path: str, mesh, cfg: ml_collections.ConfigDict):
     the checkpoint's), compute in cfg.model.compute_dtype (default: the param dtype), remat per config."""
     model_config, params = hf.load_hf(path, mesh=mesh, dtype=cfg.model.param_dtype or None)
     model_config = model_config.replace(dtype=cfg.model.compute_dtype or model_config.dtype, remat=cfg.model.remat)
-    return model_config, params, envs.ChatFormat.from_pretrained(path)
+    return model_config, params, chat_format(path)
+
+
+def chat_format(path: str) -> envs.ChatFormat:
+    """The chat format of an HF directory's tokenizer (tokenizers read local files: a remote one is copied)."""
+    return envs.ChatFormat.from_pretrained(files.local_input(path))
 
 
 # ----------------------------------------------------------------------------- stages
@@ -104,7 +123,7 @@ def load_policy(path: str, mesh, cfg: ml_collections.ConfigDict):
 
 def stage_reference(cfg, workdir: str, mesh) -> dict[str, Any]:
     """A local HF checkpoint as is, or (synthetic task) a tiny model trained from scratch on demonstrations."""
-    out = os.path.join(workdir, "reference")
+    out = files.join(workdir, "reference")
     if cfg.model.hf_path:
         return {"path": cfg.model.hf_path}
     chat = envs.ChatFormat.from_pretrained(cfg.model.tokenizer_path or envs.SYNTHETIC_TOKENIZER)
@@ -122,16 +141,19 @@ def stage_reference(cfg, workdir: str, mesh) -> dict[str, Any]:
     transcripts = envs.synthetic.demonstrations(demo_problems, seed=cfg.seed, max_wrong_turns=ref.max_wrong_turns,
                                                 feedback=cfg.feedback)
     examples = supervision.examples_from_messages(chat, transcripts, ref.train.seq_len)
-    batches.write_examples(os.path.join(out, "demos.arrayrecord"), examples)
+    with shared_write("demos") as writer:
+        if writer:
+            batches.write_examples(files.join(out, "demos.arrayrecord"), examples)
     init = lambda: model.init_sharded(model_config, jax.random.key(cfg.seed), mesh)  # noqa: E731
-    params = trainer.run(train_config(ref.train, cfg.seed), model_config, os.path.join(out, "demos.arrayrecord"),
-                         init, os.path.join(out, "train"), mesh)
-    save_policy(model_config, params, str(cfg.model.tokenizer_path or envs.SYNTHETIC_TOKENIZER), os.path.join(out, "hf"))
-    return {"path": os.path.join(out, "hf"), "demonstrations": len(examples), "params": model_config.num_params}
+    params = trainer.run(train_config(ref.train, cfg.seed), model_config, files.join(out, "demos.arrayrecord"),
+                         init, files.join(out, "train"), mesh)
+    save_policy(model_config, params, str(cfg.model.tokenizer_path or envs.SYNTHETIC_TOKENIZER), files.join(out, "hf"))
+    return {"path": files.join(out, "hf"), "demonstrations": len(examples), "params": model_config.num_params}
 
 
 def stage_rollouts(cfg, workdir: str, mesh, ref_path: str) -> dict[str, Any]:
-    model_config, params, chat = load_policy(ref_path, mesh, cfg)
+    """Each host writes its own shards on its own devices (no collective until every shard is written)."""
+    model_config, params, chat = load_policy(ref_path, hosts.local_mesh(mesh), cfg)
     r = cfg.rollout
     rc = driver.RolloutConfig(
         num_samples=r.num_samples, episode=episode_config(cfg, sample=True),
@@ -139,8 +161,9 @@ def stage_rollouts(cfg, workdir: str, mesh, ref_path: str) -> dict[str, Any]:
         engine=engine_config(r),
     )
     stats = driver.rollout(params, model_config, chat, problems(cfg, "train", r.num_problems), rc,
-                           os.path.join(workdir, "rollouts"), mesh=mesh)
-    records = driver.read_rollouts(os.path.join(workdir, "rollouts"))
+                           files.join(workdir, "rollouts"), mesh=hosts.local_mesh(mesh))
+    hosts.barrier("rollouts_written")  # every host's shards are whole before anyone reads them
+    records = driver.read_rollouts(files.join(workdir, "rollouts"))
     solved = np.array([rec["solved_turn"] for rec in records])
     return {**{k: float(v) for k, v in stats.items()}, "trajectories_total": len(records),
             "success_rate": float(np.mean(solved > 0)),
@@ -154,8 +177,8 @@ def return_config(cfg) -> returns.ReturnConfig:
 def stage_weights(cfg, workdir: str, ref_path: str, *, name: str = "drift") -> dict[str, Any]:
     """Returns -> weights -> weighted examples (`drift`), or the baselines' data from the same rollouts:
     uniform weights (`sft_rollouts`, the paper's SFT-5turn) or successful trajectories only (`rft`)."""
-    records = driver.read_rollouts(os.path.join(workdir, "rollouts"))
-    chat = envs.ChatFormat.from_pretrained(ref_path)
+    records = driver.read_rollouts(files.join(workdir, "rollouts"))
+    chat = chat_format(ref_path)
     # Recomputed from the recorded turns, so a sweep over gamma or the penalties reuses the rollouts.
     return_cfg = return_config(cfg)
     returns_N = np.array([returns.record_return(rec, return_cfg) for rec in records], np.float32)
@@ -180,9 +203,12 @@ def stage_weights(cfg, workdir: str, ref_path: str, *, name: str = "drift") -> d
             f"{name}: no trajectory has a positive weight ({int(success.sum())} of {len(records)} succeeded, "
             f"drift.all_fail={d.all_fail!r}); sample more (rollout.num_samples), or keep failed groups"
         )
-    path = os.path.join(workdir, name, "examples.arrayrecord")
-    batches.write_examples(path, examples)
-    np.save(os.path.join(workdir, name, "weights.npy"), w)
+    with shared_write(f"examples:{name}") as writer:
+        if writer:
+            batches.write_examples(files.join(workdir, name, "examples.arrayrecord"), examples)
+            npy = io.BytesIO()
+            np.save(npy, w)
+            files.write_bytes(files.join(workdir, name, "weights.npy"), npy.getvalue())
     diag = weight_diagnostics(w, groups)
     scalars = {k: float(v) for k, v in diag.items() if np.ndim(v) == 0}
     return {"examples": len(examples), "mean_return": float(returns_N.mean()), **scalars}
@@ -190,21 +216,23 @@ def stage_weights(cfg, workdir: str, ref_path: str, *, name: str = "drift") -> d
 
 def stage_sft_data(cfg, workdir: str, ref_path: str) -> dict[str, Any]:
     """The `sft` baseline's data: single-turn chats answering the rollout problems with the gold answer."""
-    chat = envs.ChatFormat.from_pretrained(ref_path)
+    chat = chat_format(ref_path)
     transcripts = offline.gold_chats(problems(cfg, "train", cfg.rollout.num_problems))
     examples = supervision.examples_from_messages(chat, transcripts, cfg.train.seq_len)
-    batches.write_examples(os.path.join(workdir, "sft", "examples.arrayrecord"), examples)
+    with shared_write("examples:sft") as writer:
+        if writer:
+            batches.write_examples(files.join(workdir, "sft", "examples.arrayrecord"), examples)
     return {"examples": len(examples)}
 
 
 def stage_train(cfg, workdir: str, mesh, ref_path: str, name: str) -> dict[str, Any]:
     model_config, params, _ = load_policy(ref_path, mesh, cfg)
-    out = os.path.join(workdir, name)
-    src = batches.ExampleSource(os.path.join(out, "examples.arrayrecord"))
+    out = files.join(workdir, name)
+    src = batches.ExampleSource(files.join(out, "examples.arrayrecord"))
     tokens = sum(int(np.count_nonzero(src[i]["loss_mask"])) for i in range(len(src)))
-    params = trainer.run(train_config(cfg.train, cfg.seed), model_config, src, params, os.path.join(out, "train"), mesh)
-    save_policy(model_config, params, ref_path, os.path.join(out, "hf"))
-    return {"path": os.path.join(out, "hf"), "scored_tokens_per_epoch": tokens}
+    params = trainer.run(train_config(cfg.train, cfg.seed), model_config, src, params, files.join(out, "train"), mesh)
+    save_policy(model_config, params, ref_path, files.join(out, "hf"))
+    return {"path": files.join(out, "hf"), "scored_tokens_per_epoch": tokens}
 
 
 def stage_online_rl(cfg, workdir: str, mesh, ref_path: str, budget_seconds: float) -> dict[str, Any]:
@@ -226,14 +254,14 @@ def stage_online_rl(cfg, workdir: str, mesh, ref_path: str, budget_seconds: floa
                                    rows_per_batch=cfg.eval.rows_per_batch, engine=engine_config(cfg.eval))
         return result[f"multi@{cfg.max_turns}"]
 
-    out = os.path.join(workdir, "online_rl")
+    out = files.join(workdir, "online_rl")
     params, progress = online_rl.run(
         config, train_config(o.train, cfg.seed), model_config, chat, ref_params,
         problems(cfg, "train", cfg.rollout.num_problems), episode_config(cfg, sample=True), return_config(cfg),
-        multi_at_max, os.path.join(out, "train"), mesh,
+        multi_at_max, files.join(out, "train"), mesh,
     )
-    save_policy(model_config, params, ref_path, os.path.join(out, "hf"))
-    return {"path": os.path.join(out, "hf"), "budget_seconds": budget_seconds, "iterations": progress["iteration"],
+    save_policy(model_config, params, ref_path, files.join(out, "hf"))
+    return {"path": files.join(out, "hf"), "budget_seconds": budget_seconds, "iterations": progress["iteration"],
             "sampling_and_training_seconds": progress["seconds"], "optimizer_steps": progress["optimizer_steps"],
             "tokens_generated": progress["tokens_generated"], "tokens_trained": progress["tokens_trained"],
             "curve": progress["curve"]}
@@ -247,8 +275,9 @@ def stage_eval(cfg, workdir: str, mesh, policy_path: str, name: str) -> dict[str
     model_config, params, chat = load_policy(policy_path, mesh, cfg)
     result = held_out.evaluate(params, model_config, chat, eval_problems(cfg), episode_config(cfg, sample=False),
                                mesh=mesh, rows_per_batch=cfg.eval.rows_per_batch, engine=engine_config(cfg.eval))
-    with open(os.path.join(workdir, f"eval_{name}.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    with shared_write(f"eval_{name}") as writer:
+        if writer:
+            files.write_text(files.join(workdir, f"eval_{name}.json"), json.dumps(result, indent=2))
     return {k: v for k, v in result.items() if k.startswith("multi@")}
 
 
@@ -269,7 +298,7 @@ def plan(cfg: ml_collections.ConfigDict) -> list[Stage]:
     sampling = tuple(f"rollout.{k}" for k in ("num_problems", "temperature", "top_k", "top_p"))
     evals = ("eval.task", "eval.split", "eval.num_problems", *(() if cfg.eval.task.name else ("task",)))
     if cfg.model.hf_path:
-        out = [Stage("reference", reads(cfg, "model.hf_path"), outputs=(os.path.abspath(cfg.model.hf_path),))]
+        out = [Stage("reference", reads(cfg, "model.hf_path"), outputs=(files.absolute(cfg.model.hf_path),))]
     else:
         demos = () if cfg.reference.task.name else ("task",)
         scratch = ("model.hf_path", "seed", "feedback", "model.tokenizer_path", "model.scratch", *demos,
@@ -315,16 +344,15 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, precompile: bool = False, 
     changed stages and everything downstream. Each run's config is kept in `workdir/run_configs/`.
     """
     validate.check(cfg, workdir=workdir)
-    os.makedirs(os.path.join(workdir, "run_configs"), exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "run_configs", f"{stamp}-{os.getpid()}.json"), "w") as f:
-            f.write(cfg.to_json_best_effort(indent=2))
+    if hosts.is_writer():
+        files.write_text(files.join(workdir, "run_configs", f"{stamp}-{os.getpid()}.json"),
+                         cfg.to_json_best_effort(indent=2))
     mesh = sharding.make_mesh(cfg.mesh.to_dict())
     if precompile:  # every stage compiled on these devices first: one that does not fit stops the run here
         from drift_jax.preflight import report as preflight  # noqa: PLC0415  (it reads problems through us)
 
-        preflight.precompile(cfg, mesh, os.path.join(workdir, "preflight.json"))
+        preflight.precompile(cfg, mesh, files.join(workdir, "preflight.json"))
     stages = Stages(workdir, plan(cfg), on_change, is_writer=jax.process_index() == 0)
     ref = stages.run("reference", lambda: stage_reference(cfg, workdir, mesh))
     ref_path = ref["path"]
@@ -368,16 +396,17 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, precompile: bool = False, 
         } | {"curve": [list(p) for p in curves["online_rl"]]})
         notes.append(_online_rl_note(orl, methods.get("drift"), key))
         stage_seconds.update({"online_rl": orl["seconds"], "eval_online_rl": ev["seconds"]})
-    results_path = os.path.join(workdir, "results.json")
-    report.write_results(results_path, methods, {"max_turns": cfg.max_turns, "task": cfg.task.name})
-    diag, weights_N = None, None
-    if "drift" in methods:
-        diag = stages.get("weights")
-        weights_N = np.load(os.path.join(workdir, "drift", "weights.npy"))
-    report.write_report(workdir, methods, cfg.max_turns, stage_seconds=stage_seconds, weight_diagnostics=diag,
-                        weights_N=weights_N, curves=curves, notes=notes)
-    with open(results_path) as f:
-        return json.load(f)
+    results_path = files.join(workdir, "results.json")
+    with shared_write("results") as writer:
+        if writer:
+            report.write_results(results_path, methods, {"max_turns": cfg.max_turns, "task": cfg.task.name})
+            diag, weights_N = None, None
+            if "drift" in methods:
+                diag = stages.get("weights")
+                weights_N = np.load(io.BytesIO(files.path(files.join(workdir, "drift", "weights.npy")).read_bytes()))
+            report.write_report(workdir, methods, cfg.max_turns, stage_seconds=stage_seconds,
+                                weight_diagnostics=diag, weights_N=weights_N, curves=curves, notes=notes)
+    return json.loads(files.read_text(results_path))
 
 
 def _online_rl_note(orl: dict[str, Any], drift: dict[str, Any] | None, key: str) -> str:
@@ -392,7 +421,6 @@ def _online_rl_note(orl: dict[str, Any], drift: dict[str, Any] | None, key: str)
 
 
 def _method_entry(workdir: str, name: str, wall_seconds: float, extra: dict[str, Any]) -> dict[str, Any]:
-    with open(os.path.join(workdir, f"eval_{name}.json")) as f:
-        ev = json.load(f)
+    ev = json.loads(files.read_text(files.join(workdir, f"eval_{name}.json")))
     entry = {k: v for k, v in ev.items() if k.startswith("multi@")}
     return {**entry, "correction_rates": ev["correction_rates"], "wall_seconds": wall_seconds, **extra}

@@ -25,13 +25,14 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from drift_jax.runtime import files
 
 ON_CHANGE = ("error", "recompute")
 _WHOLE = 64 << 20  # files up to this size are hashed whole
@@ -96,14 +97,14 @@ def digest(paths: Sequence[str], workdir: str) -> str:
     """sha256 over the files under `paths` (relative to workdir, or absolute): names and contents."""
     h = hashlib.sha256()
     for path in paths:
-        root = path if os.path.isabs(path) else os.path.join(workdir, path)
-        files = [root] if os.path.isfile(root) else sorted(  # temporary and hidden files are not outputs
-            os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if ".tmp" not in f and not f.startswith("."))
-        h.update(f"{path}:{len(files)}\0".encode())
-        for f in files:
-            size = os.path.getsize(f)
-            h.update(f"{os.path.relpath(f, root)}:{size}\0".encode())
-            with open(f, "rb") as fh:
+        root = path if os.path.isabs(path) or not files.is_local(path) else files.join(workdir, path)
+        found = [f for f in files.walk_files(root)  # temporary and hidden files are not outputs
+                 if ".tmp" not in os.path.basename(f) and not os.path.basename(f).startswith(".")]
+        h.update(f"{path}:{len(found)}\0".encode())
+        for f in found:
+            size = files.path(f).stat().length
+            h.update(f"{os.path.relpath(f, root) if f != root else '.'}:{size}\0".encode())
+            with files.path(f).open("rb") as fh:
                 if size <= _WHOLE:
                     h.update(fh.read())
                 else:
@@ -132,8 +133,7 @@ class Stages:
         if on_change not in ON_CHANGE:
             raise ValueError(f"on_change must be one of {ON_CHANGE}, got {on_change!r}")
         self.workdir, self.is_writer = workdir, is_writer
-        self.dir = os.path.join(workdir, "stages")
-        os.makedirs(self.dir, exist_ok=True)
+        self.dir = files.join(workdir, "stages")
         self.plan = {s.name: s for s in plan}
         self.invalid = self._invalid()
         if self.invalid and on_change == "error":
@@ -144,22 +144,17 @@ class Stages:
     # --------------------------------------------------------------------- markers
 
     def _path(self, name: str, kind: str = "") -> str:
-        return os.path.join(self.dir, f"{name}{kind}.json")
+        return files.join(self.dir, f"{name}{kind}.json")
 
     def _load(self, name: str, kind: str = "") -> dict[str, Any] | None:
         path = self._path(name, kind)
-        if not os.path.exists(path):
+        if not files.exists(path):
             return None
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(files.read_text(path))
 
     def _write(self, name: str, kind: str, content: dict[str, Any]) -> None:
-        if not self.is_writer:
-            return
-        tmp = os.path.join(self.dir, f".{name}{kind}.json.tmp-{os.getpid()}")
-        with open(tmp, "w") as f:
-            json.dump(content, f, indent=2, default=float)
-        os.replace(tmp, self._path(name, kind))
+        if self.is_writer:
+            files.write_text(self._path(name, kind), json.dumps(content, indent=2, default=float))
 
     def get(self, name: str) -> dict[str, Any] | None:
         marker = self._load(name)
@@ -200,21 +195,20 @@ class Stages:
             lines += [f"  {name}: {r}" for r in reasons]
         lines.append("Rerun with --on_change=recompute (pipeline.run(..., on_change='recompute')) to recompute these "
                      "stages and everything downstream (their old outputs are moved to "
-                     f"{os.path.join(self.workdir, 'replaced')}/, nothing is deleted), or use another --workdir.")
+                     f"{files.join(self.workdir, 'replaced')}/, nothing is deleted), or use another --workdir.")
         return "\n".join(lines)
 
     def _replace(self) -> None:
         """Moves the invalid stages' markers and outputs aside."""
-        dest = os.path.join(self.workdir, "replaced", time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
+        dest = files.join(self.workdir, "replaced", time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
         if self.is_writer:
             for name in self.invalid:
-                rel = [os.path.join("stages", f"{name}{k}.json") for k in ("", ".started")]
+                rel = [files.join("stages", f"{name}{k}.json") for k in ("", ".started")]
                 stage = self.plan[name]
                 for path in rel + [p for p in stage.outputs + stage.work if not os.path.isabs(p)]:
-                    src = os.path.join(self.workdir, path)
-                    if os.path.exists(src):
-                        os.makedirs(os.path.dirname(os.path.join(dest, path)), exist_ok=True)
-                        shutil.move(src, os.path.join(dest, path))
+                    src = files.join(self.workdir, path)
+                    if files.exists(src):
+                        files.move(src, files.join(dest, path))
             print(f"[stages] recomputing {', '.join(self.invalid)}; old outputs moved to {dest}", flush=True)
         _barrier("stages_replaced")
 
@@ -234,8 +228,8 @@ class Stages:
         summary["seconds"] = time.time() - start
         _barrier(f"stage_{name}")  # every process's outputs are written before they are digested
         self._write(name, "", {**key, "output_digest": digest(stage.outputs, self.workdir), "summary": summary})
-        if self.is_writer and os.path.exists(self._path(name, ".started")):
-            os.remove(self._path(name, ".started"))
+        if self.is_writer and files.exists(self._path(name, ".started")):
+            files.remove(self._path(name, ".started"))
         brief = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in summary.items() if np.isscalar(v))
         print(f"[{name}] done in {summary['seconds']:.1f}s: {brief}", flush=True)

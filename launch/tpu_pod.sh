@@ -21,5 +21,5 @@ ARGS="$(printf ' %q' "$@")"
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command "
   set -e; mkdir -p ~/drift_jax && tar -xzf ~/drift_jax.tgz -C ~/drift_jax && cd ~/drift_jax
   python3 -m venv .venv && .venv/bin/pip install -q -U pip
-  .venv/bin/pip install -q 'jax[tpu]' -r requirements.txt
+  .venv/bin/pip install -q 'jax[tpu]' -r requirements.txt gcsfs==2026.10.1
   .venv/bin/python -m drift_jax.main --config=$CONFIG --workdir=$WORKDIR --multihost $ARGS"

@@ -37,6 +37,7 @@ import numpy as np
 from drift_jax.envs import ChatFormat, Problem
 from drift_jax.lm.model import ModelConfig, Params
 from drift_jax.rollout import episodes, returns, supervision
+from drift_jax.runtime import files, hosts
 from drift_jax.train import batches, checkpoint, trainer
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,8 @@ def sequence_logprobs(params: Params, model_config: ModelConfig, batcher: batche
         batch = batcher.global_batch(step, mesh)
         with jax.set_mesh(mesh):
             logp_MxRxT = _target_logprobs(params, model_config, batch)
-        logp_RxT = np.asarray(jax.device_get(logp_MxRxT)).reshape(-1, batcher.config.seq_len)
-        segments_RxT = np.asarray(jax.device_get(batch["segment_ids"])).reshape(logp_RxT.shape)
+        logp_RxT = hosts.to_host(logp_MxRxT).reshape(-1, batcher.config.seq_len)
+        segments_RxT = hosts.to_host(batch["segment_ids"]).reshape(logp_RxT.shape)
         for row, ids in enumerate(batcher.batch_rows(step)):
             if ids:  # segment s of the row is example ids[s - 1]
                 out[ids] = np.bincount(segments_RxT[row], logp_RxT[row], minlength=len(ids) + 1)[1:]
@@ -163,7 +164,7 @@ def run(
         raise ValueError("online RL samples from the policy itself: temperature 1, no top-k/top-p")
     if config.samples_per_problem < 2:
         raise ValueError("the group baseline needs samples_per_problem >= 2")
-    workdir = os.path.abspath(workdir)
+    workdir = files.absolute(workdir)
     k = config.samples_per_problem
     rows_per_iteration = config.problems_per_iteration * k
     batch_config = dataclasses.replace(train_config.batch_config(), drop_remainder=False)
@@ -181,6 +182,7 @@ def run(
         progress = {"iteration": 0, "seconds": 0.0, "tokens_generated": 0, "tokens_trained": 0, "optimizer_steps": 0,
                     "curve": [{"iteration": 0, "seconds": 0.0, "value": evaluate(state.params)}]}
     writer = trainer.MetricWriter(workdir)
+    local = hosts.local_mesh(mesh)
     try:
         while True:
             it, spent = progress["iteration"], progress["seconds"]
@@ -189,10 +191,14 @@ def run(
             start = time.perf_counter()
             picked = iteration_problems(len(problems), config.problems_per_iteration, it, config.seed)
             batch_problems = [problems[i] for p in picked for i in [p] * k]
-            records = episodes.run_episodes(
-                state.params, model_config, chat, batch_problems, [s for _ in picked for s in range(k)], episode,
-                seed=(config.seed * 1_000_003 + it + 1) % 2**31, mesh=mesh, pad_rows_to=rows_per_iteration,
-            )
+            # Each host samples its share of the rows on its own devices; every host then holds all records.
+            samples = [s for _ in picked for s in range(k)]
+            mine = hosts.my_range(len(batch_problems))
+            records = hosts.allgather_objects(episodes.run_episodes(
+                hosts.localize(state.params, local), model_config, chat, [batch_problems[i] for i in mine],
+                [samples[i] for i in mine], episode, seed=(config.seed * 1_000_003 + it + 1) % 2**31, mesh=local,
+                pad_rows_to=-(-rows_per_iteration // jax.process_count()),
+            ))
             sampled = time.perf_counter()
             examples, rec_kept = [], []
             for rec in records:  # whole trajectories only: a cut prompt changes the logprobs
@@ -224,7 +230,7 @@ def run(
                 metrics = {k_: float(v) for k_, v in jax.device_get(metrics).items()}
             if not np.isfinite(metrics["loss"]):
                 raise trainer.NonFiniteLossError(f"online RL: loss {metrics['loss']} at iteration {it}")
-            seconds = time.perf_counter() - start
+            seconds = hosts.agree(time.perf_counter() - start)  # the budget decides the same on every host
             progress = {
                 **progress, "iteration": it + 1, "seconds": spent + seconds,
                 "tokens_generated": progress["tokens_generated"] + sum(

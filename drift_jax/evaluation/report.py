@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from drift_jax.runtime import files
 
 
 def multi_at_k(solved_turn_N: Sequence[int], max_turns: int) -> dict[str, float]:
@@ -30,9 +32,7 @@ def correction_rates(solved_turn_N: Sequence[int], max_turns: int) -> dict[str, 
 
 def write_results(path: str, methods: Mapping[str, Mapping[str, Any]], extra: Mapping[str, Any] | None = None) -> None:
     """`results.json` as {"methods": {NAME: {"multi@1": .., ..., "wall_seconds": ..}}, ...extra}."""
-    with open(path + ".tmp", "w") as f:
-        json.dump({"methods": dict(methods), **(extra or {})}, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    files.write_text(path, json.dumps({"methods": dict(methods), **(extra or {})}, indent=2, sort_keys=True))
 
 
 def _table(methods: Mapping[str, Mapping[str, Any]], max_turns: int) -> list[str]:
@@ -75,9 +75,8 @@ def write_report(
                 lines.append(f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}")
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    with open(os.path.join(workdir, "report.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    _plot(os.path.join(workdir, "report.png"), methods, max_turns, weights_N, curves)
+    files.write_text(files.join(workdir, "report.md"), "\n".join(lines) + "\n")
+    _plot(files.join(workdir, "report.png"), methods, max_turns, weights_N, curves)
 
 
 def _plot(path, methods, max_turns, weights_N, curves) -> None:
@@ -106,5 +105,7 @@ def _plot(path, methods, max_turns, weights_N, curves) -> None:
         axes[i].set(xlabel="wall seconds", ylabel=f"multi@{max_turns} (%)", title="Learning curves")
         axes[i].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    files.write_bytes(path, png.getvalue())

@@ -21,7 +21,7 @@ from safetensors.numpy import save_file
 
 from drift_jax.lm import sharding
 from drift_jax.lm.model import ModelConfig, Params, param_logical_axes
-from drift_jax.runtime import hosts
+from drift_jax.runtime import files, hosts
 
 SUPPORTED = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
 _HF_CLASS = {v: k for k, v in SUPPORTED.items()}
@@ -236,11 +236,10 @@ def _read_block(hf_slice, spec: _Map, idx: tuple[slice, ...], our_shape: tuple[i
 
 def read_config(path: str, dtype: str | None = None) -> ModelConfig:
     """The ModelConfig of a HF model directory, from its config.json alone (no weights are read)."""
-    config_path = os.path.join(path, "config.json")
-    if not os.path.exists(config_path):
+    config_path = files.join(path, "config.json")
+    if not files.exists(config_path):
         raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model directory)")
-    with open(config_path) as f:
-        return config_from_hf(json.load(f), dtype)
+    return config_from_hf(json.loads(files.read_text(config_path)), dtype)
 
 
 def load_hf(path: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | None = None) -> tuple[ModelConfig, Params]:
@@ -249,7 +248,7 @@ def load_hf(path: str, *, mesh: jax.sharding.Mesh | None = None, dtype: str | No
     `dtype` sets param and compute dtype (default: the checkpoint's `torch_dtype`).
     """
     config = read_config(path, dtype)
-    reader = _Reader(path)
+    reader = _Reader(files.local_input(path))  # safetensors reads local files: a remote folder is copied once
     logical = param_logical_axes(config)
     abstract = jax.eval_shape(lambda: _abstract_params(config))
     target_dtype = jnp.dtype(config.param_dtype)
@@ -322,21 +321,22 @@ def save_hf(config: ModelConfig, params: Params, path: str, *, max_shard_bytes: 
         file_of[name] = len(sizes) - 1
         sizes[-1] += nbytes
         size += nbytes
-    files = (["model.safetensors"] if len(sizes) == 1
+    shard_files = (["model.safetensors"] if len(sizes) == 1
              else [f"model-{n + 1:05d}-of-{len(sizes):05d}.safetensors" for n in range(len(sizes))])
     writer = hosts.is_writer()
     if writer:
-        os.makedirs(path, exist_ok=True)
+        files.makedirs(path)
     pending: dict[str, np.ndarray] = {}
     done = 0  # files written
 
     def add(name: str, x: np.ndarray) -> None:
         nonlocal done
         pending[name] = np.ascontiguousarray(x)
-        while done < len(files) and all(n in pending for n, _ in planned if file_of[n] == done):
+        while done < len(shard_files) and all(n in pending for n, _ in planned if file_of[n] == done):
             shard = {n: pending.pop(n) for n, _ in planned if file_of[n] == done}
             if writer:
-                save_file(shard, os.path.join(path, files[done]), metadata={"format": "pt"})
+                with files.local_output(files.join(path, shard_files[done])) as local:  # uploaded file by file
+                    save_file(shard, local, metadata={"format": "pt"})
             done += 1
 
     for key, spec in layout.items():
@@ -348,12 +348,11 @@ def save_hf(config: ModelConfig, params: Params, path: str, *, max_shard_bytes: 
             add(spec.hf_name, _to_hf(x, spec))
     for name, n in zero_biases:
         add(name, np.zeros(n, bias_dtype))
-    assert done == len(files) and not pending, (done, len(files), sorted(pending))
+    assert done == len(shard_files) and not pending, (done, len(shard_files), sorted(pending))
     if writer:
-        with open(os.path.join(path, "config.json"), "w") as f:
-            json.dump(config_to_hf(config), f, indent=2)
-        if len(files) > 1:
-            weight_map = {name: files[file_of[name]] for name, _ in planned}
-            with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
-                json.dump({"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}, f, indent=2)
+        files.write_text(files.join(path, "config.json"), json.dumps(config_to_hf(config), indent=2))
+        if len(shard_files) > 1:
+            weight_map = {name: shard_files[file_of[name]] for name, _ in planned}
+            files.write_text(files.join(path, "model.safetensors.index.json"),
+                             json.dumps({"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}, indent=2))
     hosts.barrier(f"save_hf:{path}")

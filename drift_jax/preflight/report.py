@@ -23,6 +23,7 @@ from drift_jax.lm import sharding
 from drift_jax.preflight import analysis, chips, programs
 from drift_jax.preflight.analysis import StageReport
 from drift_jax.preflight.programs import Shapes
+from drift_jax.runtime import files
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +153,7 @@ def precompile(cfg: ml_collections.ConfigDict, mesh: Mesh, out_path: str | None 
     chip = chips.chip_of_devices(devices)
     result = _run(cfg, mesh, f"{len(devices)} x {devices[0].device_kind}", chip, data_shapes(cfg))
     if out_path and jax.process_index() == 0:
-        with open(out_path, "w") as f:
-            json.dump(result.json(), f, indent=1)
+        files.write_text(out_path, json.dumps(result.json(), indent=1))
     log.info("precompiled every stage:\n%s", result.table())
     analysis.check(result.stages, result.topology)
     return result

@@ -1,20 +1,21 @@
 """Rollout driver: N problems x K samples from the fixed reference policy, written as resumable shards.
 
 Problems are cut into shards of `problems_per_shard` (all K samples of a problem in one shard). Shard s
-is written by process s % num_processes to `rollouts-SSSSS.arrayrecord`, atomically (a temporary
-file renamed when complete), so a re-run skips finished shards and redoes a half-written one with
+is written by process s % num_processes to `rollouts-SSSSS.arrayrecord`, whole or not at all (a local
+temporary file renamed, or one upload to an object store: `runtime.files`), so a re-run skips finished shards and redoes a half-written one with
 identical content: a trajectory's randomness depends only on (seed, problem id, sample, turn).
 Each record is one trajectory (`episodes.run_episodes`); its return is computed where it is used
 (`returns.record_return`), so a change of the return coefficients reuses the rollouts. All of a
 process's missing shards stream through one run of the rollout engine (rows refilled across shard
-boundaries); a shard is written as soon as its last trajectory ends.
+boundaries); a shard is written as soon as its last trajectory ends. Each process runs the engine on
+its own devices (`mesh` is process-local), so processes with unequal shard counts never wait on each
+other; the caller puts a barrier before anything reads the shards.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import glob
 import logging
 import os
 import time
@@ -29,6 +30,7 @@ from drift_jax.envs import ChatFormat, Problem
 from drift_jax.lm.model import ModelConfig, Params
 from drift_jax.rollout import engine as engine_lib
 from drift_jax.rollout import episodes
+from drift_jax.runtime import files
 
 log = logging.getLogger(__name__)
 
@@ -44,28 +46,29 @@ class RolloutConfig:
 
 
 def shard_path(out_dir: str, shard: int) -> str:
-    return os.path.join(out_dir, f"rollouts-{shard:05d}.arrayrecord")
+    return files.join(out_dir, f"rollouts-{shard:05d}.arrayrecord")
 
 
 def _write_shard(path: str, records: list[dict[str, Any]]) -> None:
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    tmp = f"{path}.tmp-{os.getpid()}"
-    writer = ArrayRecordWriter(tmp, "group_size:1")
-    for r in records:
-        writer.write(msgpack.packb(r))
-    writer.close()
-    os.replace(tmp, path)  # atomic: a shard exists whole or not at all
+    with files.local_output(path) as local:  # a shard exists whole or not at all
+        writer = ArrayRecordWriter(local, "group_size:1")
+        for r in records:
+            writer.write(msgpack.packb(r))
+        writer.close()
 
 
 def read_rollouts(out_dir: str) -> list[dict[str, Any]]:
     """All trajectories of finished shards, in shard order."""
     from array_record.python.array_record_data_source import ArrayRecordDataSource
 
-    paths = sorted(glob.glob(os.path.join(out_dir, "rollouts-*.arrayrecord")))
+    if not files.exists(out_dir):
+        return []
+    paths = sorted(os.fspath(p) for p in files.path(out_dir).glob("rollouts-*.arrayrecord"))
     if not paths:
         return []
-    source = ArrayRecordDataSource(paths)
+    source = ArrayRecordDataSource([files.local_input(p) for p in paths])
     return [msgpack.unpackb(source[i]) for i in range(len(source))]
 
 
@@ -84,10 +87,10 @@ def rollout(
     """Writes this process's missing shards; returns counts and rates for the log."""
     process_index = jax.process_index() if process_index is None else process_index
     num_processes = jax.process_count() if num_processes is None else num_processes
-    os.makedirs(out_dir, exist_ok=True)
+    files.makedirs(out_dir)
     num_shards = -(-len(problems) // config.problems_per_shard)
     mine = [s for s in range(num_shards) if s % num_processes == process_index]
-    todo = [s for s in mine if not os.path.exists(shard_path(out_dir, s))]
+    todo = [s for s in mine if not files.exists(shard_path(out_dir, s))]
     if len(todo) < len(mine):
         log.info("rollouts: %d of %d shards already written, skipping them", len(mine) - len(todo), len(mine))
     k = config.num_samples

@@ -37,6 +37,8 @@ import jax
 import msgpack
 import numpy as np
 
+from drift_jax.runtime import files
+
 Example = Mapping[str, Any]
 LossReduction = Literal["token_mean", "token_sum"]
 
@@ -83,15 +85,15 @@ def write_examples(path: str | os.PathLike, examples: Iterable[Example]) -> int:
     """Writes examples to one ArrayRecord file (group_size 1: random access). Returns the count."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    writer = ArrayRecordWriter(os.fspath(path), "group_size:1")
-    n = 0
-    for example in examples:
-        if len(example["tokens"]) != len(example["loss_mask"]):
-            raise ValueError(f"example {n}: tokens and loss_mask lengths differ")
-        writer.write(encode_example(example))
-        n += 1
-    writer.close()
+    with files.local_output(path) as local:  # whole or not at all; uploaded when the path is remote
+        writer = ArrayRecordWriter(local, "group_size:1")
+        n = 0
+        for example in examples:
+            if len(example["tokens"]) != len(example["loss_mask"]):
+                raise ValueError(f"example {n}: tokens and loss_mask lengths differ")
+            writer.write(encode_example(example))
+            n += 1
+        writer.close()
     return n
 
 
@@ -104,7 +106,7 @@ class ExampleSource:
         if source and isinstance(source[0], (str, os.PathLike)):
             from array_record.python.array_record_data_source import ArrayRecordDataSource
 
-            self._records = ArrayRecordDataSource([os.fspath(p) for p in source])
+            self._records = ArrayRecordDataSource([files.local_input(p) for p in source])
             self._decode = decode_example
         else:
             self._records = list(source)

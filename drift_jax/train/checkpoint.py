@@ -25,6 +25,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from drift_jax.runtime import files
+
 log = logging.getLogger(__name__)
 
 # Status codes (tensorstore, XLA) of failures that are not the checkpoint's: retrying may succeed.
@@ -62,7 +64,7 @@ def _mismatches(stored: Any, abstract_state: Any) -> list[str]:
 
 class Checkpointer:
     def __init__(self, directory: str | os.PathLike, *, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(os.fspath(directory))
+        self.directory = files.absolute(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save
         )
@@ -123,10 +125,10 @@ class Checkpointer:
     def _quarantine(self, step: int) -> None:
         # Moved out of the way so later saves at this step do not collide with it.
         if jax.process_index() == 0:
-            src = os.path.join(self.directory, str(step))
-            if os.path.exists(src):
-                dst = os.path.join(os.path.dirname(self.directory), f"unreadable_checkpoint_{step}_{int(time.time())}")
-                os.rename(src, dst)
+            src = files.join(self.directory, str(step))
+            if files.exists(src):
+                dst = files.join(os.path.dirname(self.directory), f"unreadable_checkpoint_{step}_{int(time.time())}")
+                files.move(src, dst)
                 log.warning("moved unreadable checkpoint to %s", dst)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils

@@ -20,6 +20,8 @@ import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -32,6 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from drift_jax.lm import model, sharding
 from drift_jax.lm.model import ModelConfig, Params
+from drift_jax.runtime import files
 from drift_jax.train import batches, checkpoint
 
 log = logging.getLogger(__name__)
@@ -256,30 +259,56 @@ def flops_per_token(model_config: ModelConfig, seq_len: int) -> float:
 
 
 class MetricWriter:
-    """JSONL + TensorBoard on process 0; no-op elsewhere."""
+    """JSONL + TensorBoard on process 0; no-op elsewhere.
 
-    def __init__(self, workdir: str):
+    A local workdir is appended to as it goes. On an object store (no appends) metrics.jsonl is rewritten
+    whole every `upload_every` steps and at close, and the TensorBoard events are written locally and
+    uploaded at close."""
+
+    def __init__(self, workdir: str, upload_every: int = 100):
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
         from tensorboardX import SummaryWriter
 
-        os.makedirs(workdir, exist_ok=True)
-        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-        self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+        self.workdir, self.upload_every, self.local = workdir, upload_every, files.is_local(workdir)
+        self.jsonl_path = files.join(workdir, "metrics.jsonl")
+        self.lines: list[str] = []
+        if self.local:
+            os.makedirs(workdir, exist_ok=True)
+            self.jsonl = open(self.jsonl_path, "a")
+            self.tb_dir = os.path.join(workdir, "tb")
+        else:
+            self.lines = files.read_text(self.jsonl_path).splitlines(keepends=True) if files.exists(
+                self.jsonl_path) else []
+            self.tb_dir = tempfile.mkdtemp(prefix="drift-tb-")
+        self.tb = SummaryWriter(self.tb_dir)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.jsonl.flush()
+        line = json.dumps({"step": step, **metrics}) + "\n"
+        if self.local:
+            self.jsonl.write(line)
+            self.jsonl.flush()
+        else:
+            self.lines.append(line)
+            if len(self.lines) % self.upload_every == 0:
+                files.write_text(self.jsonl_path, "".join(self.lines))
         for k, v in metrics.items():
             self.tb.add_scalar(f"train/{k}", v, step)
 
     def close(self) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        self.tb.close()
+        if self.local:
             self.jsonl.close()
-            self.tb.close()
+            return
+        files.write_text(self.jsonl_path, "".join(self.lines))
+        for f in files.walk_files(self.tb_dir):
+            files.write_bytes(files.join(self.workdir, "tb", os.path.relpath(f, self.tb_dir)), open(f, "rb").read())
+        shutil.rmtree(self.tb_dir, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- loop
@@ -300,7 +329,7 @@ def run(
     `init_params`: params, or a function making them (not called when resuming). `on_step(step,
     metrics)` is called on the host after each step's metrics are read (step = steps done).
     """
-    workdir = os.path.abspath(os.fspath(workdir))
+    workdir = files.absolute(workdir)
     source = examples if isinstance(examples, batches.ExampleSource) else batches.ExampleSource(examples)
     batcher = batches.Batcher(source, config.batch_config())
     total = config.max_steps if config.max_steps is not None else batcher.total_steps(config.epochs)
