@@ -25,6 +25,15 @@ def _strip_logprobs(records):
     return [{**r, "turns": [{k: v for k, v in t.items() if k != "logprobs"} for t in r["turns"]]} for r in records]
 
 
+def _assert_same(got, want):
+    """Equal records; log-probs to float rounding (a resumed or split run decodes the remaining rows at
+    other row widths as the stage drains, and XLA:CPU's matmuls round by shape)."""
+    assert _strip_logprobs(got) == _strip_logprobs(want)
+    for a, b in zip(got, want):
+        for t1, t2 in zip(a["turns"], b["turns"]):
+            np.testing.assert_allclose(t1["logprobs"], t2["logprobs"], atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ref"))
@@ -100,7 +109,7 @@ def test_processes_split_shards(reference, tmp_path):
     wrote = [sorted(json.loads(line[6:]) for line in o.splitlines() if line.startswith("WROTE ")) for o in outputs]
     assert wrote == [["rollouts-00000.arrayrecord", "rollouts-00002.arrayrecord"], ["rollouts-00001.arrayrecord"]]
     assert sorted(os.listdir(out)) == [f"rollouts-{s:05d}.arrayrecord" for s in range(3)]
-    assert driver.read_rollouts(str(out)) == recs
+    _assert_same(driver.read_rollouts(str(out)), recs)
 
 
 _CHILD = textwrap.dedent("""
@@ -135,4 +144,4 @@ def test_kill_9_then_rerun_gives_each_trajectory_once_identical(reference, tmp_p
     driver.rollout(fx.params(), fx.CFG, fx.CHAT, fx.problems(), fx.rollout_config(), str(out))
     again = driver.read_rollouts(str(out))
     assert sorted(_key(r) for r in again) == sorted(_key(r) for r in recs)  # each pair exactly once
-    assert again == recs
+    _assert_same(again, recs)
