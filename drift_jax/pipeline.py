@@ -353,7 +353,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, precompile: bool = False, 
         from drift_jax.preflight import report as preflight  # noqa: PLC0415  (it reads problems through us)
 
         preflight.precompile(cfg, mesh, files.join(workdir, "preflight.json"))
-    stages = Stages(workdir, plan(cfg), on_change, is_writer=jax.process_index() == 0)
+    stages = Stages(workdir, plan(cfg), on_change, is_writer=hosts.is_writer())
     ref = stages.run("reference", lambda: stage_reference(cfg, workdir, mesh))
     ref_path = ref["path"]
     methods: dict[str, dict[str, Any]] = {}

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from drift_jax.runtime import files
+from drift_jax.runtime import files, hosts
 
 ON_CHANGE = ("error", "recompute")
 _WHOLE = 64 << 20  # files up to this size are hashed whole
@@ -210,7 +210,7 @@ class Stages:
                     if files.exists(src):
                         files.move(src, files.join(dest, path))
             print(f"[stages] recomputing {', '.join(self.invalid)}; old outputs moved to {dest}", flush=True)
-        _barrier("stages_replaced")
+        hosts.barrier("stages_replaced")
 
     # --------------------------------------------------------------------- running
 
@@ -226,7 +226,7 @@ class Stages:
         with _stop_on_sigterm(name):
             summary = fn() or {}
         summary["seconds"] = time.time() - start
-        _barrier(f"stage_{name}")  # every process's outputs are written before they are digested
+        hosts.barrier(f"stage_{name}")  # every process's outputs are written before they are digested
         self._write(name, "", {**key, "output_digest": digest(stage.outputs, self.workdir), "summary": summary})
         if self.is_writer and files.exists(self._path(name, ".started")):
             files.remove(self._path(name, ".started"))
@@ -234,12 +234,3 @@ class Stages:
                           for k, v in summary.items() if np.isscalar(v))
         print(f"[{name}] done in {summary['seconds']:.1f}s: {brief}", flush=True)
         return summary
-
-
-def _barrier(name: str) -> None:
-    import jax
-
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)

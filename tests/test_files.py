@@ -1,6 +1,7 @@
 """Workdir files (`runtime.files`) on a local folder and on an emulated `gs://` bucket: the same calls, the
 same contents; writes are whole or nothing; the libraries that need local files get local copies."""
 
+import json
 import os
 
 import msgpack
@@ -55,3 +56,15 @@ def test_examples_and_shards_round_trip(root):
     records = [{"problem_id": f"p{i}", "sample": 0, "turns": []} for i in range(3)]
     driver._write_shard(driver.shard_path(files.join(root, "rollouts"), 0), records)
     assert driver.read_rollouts(files.join(root, "rollouts")) == [msgpack.unpackb(msgpack.packb(r)) for r in records]
+
+
+def test_metric_writer(root):
+    from drift_jax.train import trainer
+
+    writer = trainer.MetricWriter(files.join(root, "train"))
+    for step in (1, 2):
+        writer.write(step, {"loss": 1.0 / step})
+    writer.close()
+    lines = files.read_text(files.join(root, "train", "metrics.jsonl")).splitlines()
+    assert [json.loads(line) for line in lines] == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}]
+    assert any("tfevents" in f for f in files.walk_files(files.join(root, "train", "tb")))

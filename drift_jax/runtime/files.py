@@ -79,16 +79,21 @@ def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         os.makedirs(os.path.dirname(os.fspath(dst)), exist_ok=True)
         shutil.move(os.fspath(src), os.fspath(dst))
         return
-    s, d = path(src), path(dst)
+    s = path(src)
     if s.is_dir():
-        for f in walk_files(s):
-            target = d / os.path.relpath(f, os.fspath(s))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            path(f).copy(target, overwrite=True)
+        _copy_tree(src, dst)
         s.rmtree()
     else:
-        d.parent.mkdir(parents=True, exist_ok=True)
-        s.rename(d)
+        path(dst).parent.mkdir(parents=True, exist_ok=True)
+        s.rename(path(dst))
+
+
+def _copy_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copies every file under the folder `src` to the same relative path under `dst` (any filesystems)."""
+    for f in walk_files(src):
+        target = path(dst) / os.path.relpath(f, os.fspath(src))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path(f).copy(target, overwrite=True)
 
 
 def remove(p: str | os.PathLike) -> None:
@@ -138,16 +143,12 @@ def local_output(p: str | os.PathLike, *, is_dir: bool = False) -> Iterator[str]
         if is_dir:
             os.makedirs(local)
         yield local
-        target = path(p)
         if is_dir:
-            target.mkdir(parents=True, exist_ok=True)
-            for f in walk_files(local):
-                dest = target / os.path.relpath(f, local)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                epath.Path(f).copy(dest, overwrite=True)
+            path(p).mkdir(parents=True, exist_ok=True)
+            _copy_tree(local, p)
         else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            epath.Path(local).copy(target, overwrite=True)
+            path(p).parent.mkdir(parents=True, exist_ok=True)
+            epath.Path(local).copy(path(p), overwrite=True)
 
 
 def cache_dir() -> str:
@@ -160,7 +161,8 @@ def local_input(p: str | os.PathLike) -> str:
         return os.fspath(p)
     src = path(p)
     files = walk_files(src)
-    stamp = "\0".join(f"{f}:{path(f).stat().length}:{path(f).stat().mtime}" for f in files)
+    stats = [path(f).stat() for f in files]
+    stamp = "\0".join(f"{f}:{st.length}:{st.mtime}" for f, st in zip(files, stats))
     key = hashlib.sha256(f"{os.fspath(p)}\0{stamp}".encode()).hexdigest()[:20]
     local = os.path.join(cache_dir(), key, src.name)
     done = os.path.join(cache_dir(), key, ".complete")

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from drift_jax.runtime import files
+from drift_jax.runtime import files, hosts
 
 log = logging.getLogger(__name__)
 
@@ -124,16 +124,13 @@ class Checkpointer:
 
     def _quarantine(self, step: int) -> None:
         # Moved out of the way so later saves at this step do not collide with it.
-        if jax.process_index() == 0:
+        if hosts.is_writer():
             src = files.join(self.directory, str(step))
             if files.exists(src):
                 dst = files.join(os.path.dirname(self.directory), f"unreadable_checkpoint_{step}_{int(time.time())}")
                 files.move(src, dst)
                 log.warning("moved unreadable checkpoint to %s", dst)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices(f"quarantine_{step}")
+        hosts.barrier(f"quarantine_{step}")
         self.manager.reload()
 
     def all_steps(self) -> list[int]:

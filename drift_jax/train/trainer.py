@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -306,9 +305,7 @@ class MetricWriter:
             self.jsonl.close()
             return
         files.write_text(self.jsonl_path, "".join(self.lines))
-        for f in files.walk_files(self.tb_dir):
-            files.write_bytes(files.join(self.workdir, "tb", os.path.relpath(f, self.tb_dir)), open(f, "rb").read())
-        shutil.rmtree(self.tb_dir, ignore_errors=True)
+        files.move(self.tb_dir, files.join(self.workdir, "tb"))
 
 
 # ----------------------------------------------------------------------------- loop
