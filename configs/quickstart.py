@@ -48,6 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.drift = dict(beta=0.1, normalize="group", all_fail="drop", clip=0.0, supervision="terminal")
     c.train = dict(lr=3e-4, warmup_ratio=0.1, schedule="constant", weight_decay=0.1, clip_norm=1.0,
                    batch_size=16, seq_len=128, epochs=3, save_every=1000, progress_bar=True)
+    # Each offline method's epochs (0: train.epochs), the best of each on the dev split (launch/tune.py).
+    c.budgets = dict(drift=0, sft_rollouts=0, rft=0, sft=0)
     # Online multi-turn RL: 32 problems x 8 samples per iteration from the current policy, one on-policy
     # step each; budget 4x DRIFT's wall time (or budget_seconds when DRIFT is not run), extended up to 2x
     # while its held-out multi@5 still rises. kl_coef and lr are the best of a sweep at 60-80 iterations

@@ -71,6 +71,16 @@ def train_config(section: ml_collections.ConfigDict, seed: int) -> trainer.Train
     return trainer.TrainConfig(**{**section.to_dict(), "seed": seed, "async_checkpoints": False})
 
 
+def method_train(cfg: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """The trainer section of offline method `name`: cfg.train with its epochs from `cfg.budgets[name]`,
+    the budget chosen for that method on the dev split (launch/tune.py); 0 or absent: train.epochs."""
+    section = ml_collections.ConfigDict(cfg.train.to_dict())
+    epochs = (cfg.get("budgets") or {}).get(name, 0)
+    if epochs:
+        section.epochs = int(epochs)
+    return section
+
+
 def problems(cfg: ml_collections.ConfigDict, split: str, n: int, seed_offset: int = 0,
              task: ml_collections.ConfigDict | None = None) -> list[envs.Problem]:
     """`n` problems (0: all) of `split` from the task section `task` (default: cfg.task)."""
@@ -230,14 +240,17 @@ def stage_train(cfg, workdir: str, mesh, ref_path: str, name: str) -> dict[str, 
     out = files.join(workdir, name)
     src = batches.ExampleSource(files.join(out, "examples.arrayrecord"))
     tokens = sum(int(np.count_nonzero(src[i]["loss_mask"])) for i in range(len(src)))
-    params = trainer.run(train_config(cfg.train, cfg.seed), model_config, src, params, files.join(out, "train"), mesh)
+    config = train_config(method_train(cfg, name), cfg.seed)
+    steps = config.max_steps or batches.Batcher(src, config.batch_config()).total_steps(config.epochs)
+    params = trainer.run(config, model_config, src, params, files.join(out, "train"), mesh)
     save_policy(model_config, params, ref_path, files.join(out, "hf"))
-    return {"path": files.join(out, "hf"), "scored_tokens_per_epoch": tokens}
+    return {"path": files.join(out, "hf"), "scored_tokens_per_epoch": tokens, "optimizer_steps": int(steps)}
 
 
 def stage_online_rl(cfg, workdir: str, mesh, ref_path: str, budget_seconds: float) -> dict[str, Any]:
-    """Online multi-turn RL from the reference on the rollouts' problems; the learning curve is measured
-    on the evaluation problems (greedy multi@max_turns)."""
+    """Online multi-turn RL from the reference on the rollouts' problems. Its learning curve (greedy
+    multi@max_turns), which also decides whether to extend the budget, is measured on the dev split of the
+    evaluation task, never on the test problems: those are read once, by its eval stage."""
     model_config, ref_params, chat = load_policy(ref_path, mesh, cfg)
     o = cfg.online_rl
     config = online_rl.OnlineRLConfig(
@@ -246,11 +259,11 @@ def stage_online_rl(cfg, workdir: str, mesh, ref_path: str, budget_seconds: floa
         extend_while_rising=o.extend_while_rising, max_iterations=o.max_iterations, eval_every=o.eval_every,
         save_every=o.eval_every, seed=cfg.seed,
     )
-    test = eval_problems(cfg)
+    dev = curve_problems(cfg)
     greedy = episode_config(cfg, sample=False)
 
     def multi_at_max(params) -> float:
-        result = held_out.evaluate(params, model_config, chat, test, greedy, mesh=mesh,
+        result = held_out.evaluate(params, model_config, chat, dev, greedy, mesh=mesh,
                                    rows_per_batch=cfg.eval.rows_per_batch, engine=engine_config(cfg.eval))
         return result[f"multi@{cfg.max_turns}"]
 
@@ -269,6 +282,11 @@ def stage_online_rl(cfg, workdir: str, mesh, ref_path: str, budget_seconds: floa
 
 def eval_problems(cfg) -> list[envs.Problem]:
     return problems(cfg, cfg.eval.split, cfg.eval.num_problems, task=cfg.eval.task if cfg.eval.task.name else None)
+
+
+def curve_problems(cfg) -> list[envs.Problem]:
+    """Online RL's learning-curve problems: the dev split of the evaluation task (as many as eval.num_problems)."""
+    return problems(cfg, "dev", cfg.eval.num_problems, task=cfg.eval.task if cfg.eval.task.name else None)
 
 
 def stage_eval(cfg, workdir: str, mesh, policy_path: str, name: str) -> dict[str, Any]:
@@ -323,12 +341,13 @@ def plan(cfg: ml_collections.ConfigDict) -> list[Stage]:
             keys = ("returns", "drift") if name == "drift" else ("drift.supervision",)
             out.append(Stage("weights" if name == "drift" else f"data_{name}", reads(cfg, *keys, "train.seq_len"),
                              ("reference", "rollouts"), (data, f"{name}/weights.npy")))
-        out.append(Stage(f"train_{name}", reads(cfg, "seed", *dtypes, train=_train_reads(cfg.train)),
+        out.append(Stage(f"train_{name}", reads(cfg, "seed", *dtypes, train=_train_reads(method_train(cfg, name))),
                          ("reference", out[-1].name), (f"{name}/hf",), work=(f"{name}/train",)))
         out.append(evaluation(name, f"train_{name}"))
     if "online_rl" in cfg.methods:
         o = {k: v for k, v in cfg.online_rl.to_dict().items() if k != "train"}
-        out.append(Stage("online_rl", reads(cfg, *episode, *dtypes, *evals, "task", "returns", *sampling, online_rl=o,
+        curve = ("eval.task", "eval.num_problems", *(() if cfg.eval.task.name else ("task",)))  # dev: no eval.split
+        out.append(Stage("online_rl", reads(cfg, *episode, *dtypes, *curve, "task", "returns", *sampling, online_rl=o,
                                             **{"online_rl.train": _train_reads(cfg.online_rl.train)}),
                          ("reference",), ("online_rl/hf",), work=("online_rl/train",)))
         out.append(evaluation("online_rl", "online_rl"))
@@ -377,7 +396,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, precompile: bool = False, 
         tr = stages.run(f"train_{name}", lambda n=name: stage_train(cfg, workdir, mesh, ref_path, n))
         ev = stages.run(f"eval_{name}", lambda n=name, path=tr["path"]: stage_eval(cfg, workdir, mesh, path, n))
         cost += dt["seconds"] + tr["seconds"]
-        extra["tokens_trained"] = tr["scored_tokens_per_epoch"] * cfg.train.epochs
+        extra["tokens_trained"] = tr["scored_tokens_per_epoch"] * method_train(cfg, name).epochs
+        extra["epochs"] = method_train(cfg, name).epochs
+        if "optimizer_steps" in tr:  # absent from a train stage cached before it was recorded
+            extra["optimizer_steps"] = tr["optimizer_steps"]
         methods[name] = _method_entry(workdir, name, cost, extra)
         stage_seconds.update({data_stage: dt["seconds"], f"train_{name}": tr["seconds"], f"eval_{name}": ev["seconds"]})
     curves, notes, key = {}, [], f"multi@{cfg.max_turns}"
@@ -389,11 +411,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, precompile: bool = False, 
         budget = o.budget_ratio * methods["drift"]["wall_seconds"] if "drift" in methods else o.budget_seconds
         orl = stages.run("online_rl", lambda: stage_online_rl(cfg, workdir, mesh, ref_path, budget))
         ev = stages.run("eval_online_rl", lambda: stage_eval(cfg, workdir, mesh, orl["path"], "online_rl"))
-        curves["online_rl"] = [(p["seconds"], p["value"]) for p in orl["curve"]]
+        curves["online_rl (dev split)"] = [(p["seconds"], p["value"]) for p in orl["curve"]]
         # Its wall time counts sampling and training, not the learning-curve evaluations.
         methods["online_rl"] = _method_entry(workdir, "online_rl", orl["sampling_and_training_seconds"], {
             k: orl[k] for k in ("tokens_generated", "tokens_trained", "iterations", "optimizer_steps", "budget_seconds")
-        } | {"curve": [list(p) for p in curves["online_rl"]]})
+        } | {"curve": [list(p) for p in curves["online_rl (dev split)"]]})
         notes.append(_online_rl_note(orl, methods.get("drift"), key))
         stage_seconds.update({"online_rl": orl["seconds"], "eval_online_rl": ev["seconds"]})
     results_path = files.join(workdir, "results.json")
@@ -412,12 +434,13 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, precompile: bool = False, 
 def _online_rl_note(orl: dict[str, Any], drift: dict[str, Any] | None, key: str) -> str:
     """Where online RL stood when it had spent DRIFT's wall time, and what budget it had in all."""
     note = (f"online_rl: {orl['iterations']} iterations, {orl['sampling_and_training_seconds']:.0f}s of sampling "
-            f"and training against a budget of {orl['budget_seconds']:.0f}s; final {key} {100 * orl['curve'][-1]['value']:.1f}")
+            f"and training against a budget of {orl['budget_seconds']:.0f}s; final {key} {100 * orl['curve'][-1]['value']:.1f} on dev")
     if drift is None:
         return note
     before = [p for p in orl["curve"] if p["seconds"] <= drift["wall_seconds"]][-1]
-    return note + (f". At DRIFT's wall time ({drift['wall_seconds']:.0f}s) its curve stood at "
-                   f"{100 * before['value']:.1f} (iteration {before['iteration']}); DRIFT: {100 * drift[key]:.1f}")
+    return note + (f" (curve on the dev split). At DRIFT's wall time ({drift['wall_seconds']:.0f}s) its curve "
+                   f"stood at {100 * before['value']:.1f} on dev (iteration {before['iteration']}); DRIFT: "
+                   f"{100 * drift[key]:.1f} on the evaluation split")
 
 
 def _method_entry(workdir: str, name: str, wall_seconds: float, extra: dict[str, Any]) -> dict[str, Any]:

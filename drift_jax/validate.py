@@ -299,7 +299,14 @@ def problems(cfg: Any, *, devices: int | Sequence[Any] | None = None, workdir: s
     p.choice("model.param_dtype", DTYPES), p.choice("model.compute_dtype", DTYPES)
     p.choice("model.remat", ("none", "full", "save_matmuls"))
 
-    # Trainers: batch vs mesh, seq_len.
+    # Trainers: batch vs mesh, seq_len; the offline methods' own budgets (epochs; 0: train.epochs).
+    budgets = _get(cfg, "budgets", None)
+    if budgets is not None:
+        for name in budgets.keys():
+            if name not in ("drift", "sft_rollouts", "rft", "sft"):
+                p.append(f"budgets.{name}: not an offline method (drift, sft_rollouts, rft, sft)")
+            else:
+                p.number(f"budgets.{name}", _int(0), "an integer >= 0 (epochs; 0: train.epochs)")
     train_seq = _train_section(p, "train", axis_sizes) if offline or "sft" in methods else None
     orl_seq = _train_section(p, "online_rl.train", axis_sizes) if "online_rl" in methods else None
 

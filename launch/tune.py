@@ -5,8 +5,10 @@
     python launch/tune.py --workdir=runs/tune --dry_run                        # print the runs only
     python launch/tune.py --workdir=runs/tune --config.rollout.num_problems=256  # extra flags go to every run
 
-Groups (GROUPS below): DRIFT's all-fail policy and beta, the offline methods' epochs (each method's best is
-its budget: drift, sft_rollouts, rft, sft), online RL's kl_coef x lr (at 4x DRIFT's wall time). Each point
+Groups (GROUPS below): DRIFT's all-fail policy and beta, the offline methods' epochs (`budgets.<method>`;
+each method's best on dev is its budget: drift, sft_rollouts, rft, sft), online RL's kl_coef x lr (at 4x
+DRIFT's wall time). Each group varies its values from the base config (one knob at a time, not jointly);
+the chosen values go into the base config by hand, with tune.json beside them. Each point
 is `python -m drift_jax.main --config=BASE --workdir=WORKDIR/seed-S/<group>/<point> --config.seed=S
 --config.eval.split=dev <overrides>`: every method is evaluated on the dev problems (disjoint from train and
 test). Per seed, a `base` point (the config as it is, reference and DRIFT) runs first; every other point
@@ -32,7 +34,7 @@ OFFLINE = ("drift", "sft_rollouts", "rft", "sft")
 GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...], list[dict[str, Any]]]] = {
     "all_fail": (("reference", "drift"), ("drift",), [{"drift.all_fail": v} for v in ("keep", "drop", "batch")]),
     "beta": (("reference", "drift"), ("drift",), [{"drift.beta": v} for v in (0.03, 0.1, 0.3, 1.0)]),
-    "epochs": (("reference", *OFFLINE), OFFLINE, [{"train.epochs": v} for v in (1, 2, 3, 5, 8, 12)]),
+    "epochs": (("reference", *OFFLINE), OFFLINE, [{f"budgets.{m}": v for m in OFFLINE} for v in (1, 2, 3, 5, 8, 12)]),
     "online_rl": (("reference", "drift", "online_rl"), ("online_rl",),
                   [{"online_rl.kl_coef": k, "online_rl.train.lr": lr} for k in (0.0, 0.01, 0.1) for lr in (3e-4, 1e-3, 2e-3)]),
 }
@@ -41,6 +43,9 @@ _NOT_LINKED = ("run_configs", "replaced", "results.json", "report.md", "report.p
 
 
 def point_name(overrides: dict[str, Any]) -> str:
+    """`key=value,...`; one value given to every method's budget is `budgets=value`."""
+    if len(overrides) > 1 and all(k.startswith("budgets.") for k in overrides) and len(set(overrides.values())) == 1:
+        return f"budgets={next(iter(overrides.values()))}"
     return ",".join(f"{k}={v}" for k, v in overrides.items()).replace("/", "_") or "base"
 
 

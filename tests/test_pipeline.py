@@ -6,7 +6,9 @@ import os
 import pytest
 
 from configs import quickstart
-from drift_jax import pipeline, validate
+from drift_jax import pipeline, stages, validate
+from drift_jax.evaluation import held_out
+from drift_jax.lm import sharding
 
 
 def tiny_config():
@@ -18,7 +20,8 @@ def tiny_config():
     c.reference.num_demos = 64
     c.reference.train.update(epochs=1, batch_size=8, seq_len=64, progress_bar=False)
     c.rollout.update(num_problems=6, num_samples=2, rows_per_batch=8, problems_per_shard=4)
-    c.train.update(epochs=1, batch_size=4, seq_len=96, progress_bar=False)
+    # Unpacked: SFT's 6 short examples would pack into fewer rows than one batch (no step to take).
+    c.train.update(epochs=1, batch_size=4, seq_len=96, pack=False, progress_bar=False)
     c.eval.update(num_problems=8, rows_per_batch=8)
     c.online_rl.update(problems_per_iteration=2, samples_per_problem=2, eval_every=1, budget_ratio=0.05)
     c.online_rl.train.update(batch_size=4, seq_len=96)
@@ -111,12 +114,47 @@ def test_online_rl_gets_a_budget_from_drift_and_a_curve_in_the_report(tmp_path):
     assert orl["budget_seconds"] == pytest.approx(0.05 * drift["wall_seconds"])
     # It ran until the budget was spent (and stopped within 2x of it unless the curve still rose).
     assert orl["wall_seconds"] >= orl["budget_seconds"] and orl["iterations"] >= 1
-    assert orl["curve"][0] == [0.0, results["methods"]["reference"]["multi@2"]]
-    assert orl["curve"][-1][1] == orl["multi@2"]  # the last curve point is the final policy's evaluation
+    # The curve is measured on the dev split, never on the test problems: its first point is the
+    # reference and its last the final policy, each evaluated here on dev.
+    dev, test = pipeline.curve_problems(cfg), pipeline.eval_problems(cfg)
+    assert len(dev) == cfg.eval.num_problems and not {p.id for p in dev} & {p.id for p in test}
+    mesh = sharding.make_mesh(cfg.mesh.to_dict())
+
+    def on_dev(path):
+        model_config, params, chat = pipeline.load_policy(str(path), mesh, cfg)
+        return held_out.evaluate(params, model_config, chat, dev, pipeline.episode_config(cfg, sample=False),
+                                 mesh=mesh, rows_per_batch=cfg.eval.rows_per_batch,
+                                 engine=pipeline.engine_config(cfg.eval))["multi@2"]
+
+    assert orl["curve"][0] == [0.0, on_dev(tmp_path / "reference" / "hf")]
+    assert orl["curve"][-1][1] == on_dev(tmp_path / "online_rl" / "hf")
     assert orl["tokens_generated"] > 0 and orl["tokens_trained"] > 0
     report_md = (tmp_path / "report.md").read_text()
-    assert "| online_rl |" in report_md and "At DRIFT's wall time" in report_md
+    assert "| online_rl |" in report_md and "At DRIFT's wall time" in report_md and "on dev" in report_md
     assert os.path.exists(tmp_path / "online_rl" / "hf" / "model.safetensors")
+
+
+def test_each_offline_method_trains_for_its_own_budget(tmp_path):
+    cfg = tiny_config()
+    cfg.methods = ("reference", "drift", "sft")
+    cfg.budgets.sft = 3  # drift keeps train.epochs (1)
+    methods = pipeline.run(cfg, str(tmp_path))["methods"]
+    marker = lambda name: json.loads((tmp_path / "stages" / f"{name}.json").read_text())  # noqa: E731
+    assert (methods["drift"]["epochs"], methods["sft"]["epochs"]) == (1, 3)
+    assert marker("train_sft")["reads"]["train"]["epochs"] == 3 and marker("train_drift")["reads"]["train"]["epochs"] == 1
+    for name in ("drift", "sft"):
+        per_epoch = marker(f"train_{name}")["summary"]["scored_tokens_per_epoch"]
+        assert methods[name]["tokens_trained"] == methods[name]["epochs"] * per_epoch
+        assert methods[name]["optimizer_steps"] >= 1
+    report_md = (tmp_path / "report.md").read_text()
+    assert f"3 epochs, {methods['sft']['optimizer_steps']} steps" in report_md
+    cfg.budgets.sft = 2  # only SFT's training (and its evaluation) are stale
+    with pytest.raises(stages.StaleStageError, match="train_sft") as e:
+        pipeline.run(cfg, str(tmp_path))
+    assert "train_drift" not in str(e.value)
+    cfg.budgets.bogus = 1
+    with pytest.raises(validate.ConfigError, match="budgets.bogus"):
+        pipeline.run(cfg, str(tmp_path))
 
 
 def test_unknown_method(tmp_path):

@@ -130,3 +130,10 @@ def test_run_logs_and_nan_stops_without_overwriting_checkpoint(tmp_path, params)
     assert [line["step"] for line in lines] == [1]
     assert {"loss", "weight_mass", "grad_norm", "tokens_per_s", "lr"} <= set(lines[0])
     assert any(p.name.startswith("events") for p in (tmp_path / "tb").iterdir())
+
+
+def test_data_that_fills_no_batch_is_an_error_not_an_untrained_policy(tmp_path, params):
+    examples = make_examples(3)  # packed into fewer rows of seq_len than one batch of 8
+    with pytest.raises(ValueError, match="no optimizer step to take.*batch_size=8"):
+        trainer.run(TC, CFG, examples, params, tmp_path, sharding.make_mesh({"data": 1}, jax.devices()[:1]))
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())

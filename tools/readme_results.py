@@ -70,11 +70,11 @@ def results_block(study: Mapping[str, Any], source: str = "runs/study/study.json
               f"cores, {m['platform']}): {study['seeds']} seeds, {rs['mean'] / 60:.1f} minutes per seed for every "
               f"stage. Held-out multi@k in % ({'/'.join(map(str, problems))} problems per seed, greedy, {t} turns): "
               f"mean [{study['interval']}]. Wall s: the method's own cost, mean over seeds."), "",
-             "| method | " + " | ".join(metrics) + " | wall s |", "|" + "---|" * (t + 2)]
+             "| method | " + " | ".join(metrics) + " | wall s | budget |", "|" + "---|" * (t + 3)]
     for name, s in study["methods"].items():
         cells = [_cell(s[k]) if k in s else "-" for k in metrics]
         wall = f"{s['wall_seconds']['mean']:.0f}" if "wall_seconds" in s else "-"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {wall} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {wall} | {s.get('budget', '-')} |")
     new = [f"{n} [{_pct(s[key]['pred_lo'])}, {_pct(s[key]['pred_hi'])}]" for n, s in study["methods"].items()
            if key in s and s[key].get("pred_lo") is not None]
     if new:
@@ -102,8 +102,9 @@ def results_block(study: Mapping[str, Any], source: str = "runs/study/study.json
         d = study["methods"]["drift"][key]
         overlap = equal.get("lo") is None or d.get("lo") is None or not (d["lo"] > equal["hi"] or d["hi"] < equal["lo"])
         lines.append(f"- online RL at DRIFT's wall time: the paper has DRIFT above; here online RL's learning curve "
-                     f"stood at {_cell(equal)} against DRIFT's {_cell(d)} ({'intervals overlap' if overlap else 'intervals disjoint'}; "
-                     "a curve value, not a paired test).")
+                     f"(measured on the dev split) stood at {_cell(equal)} against DRIFT's {_cell(d)} on the test "
+                     f"split ({'intervals overlap' if overlap else 'intervals disjoint'}; a curve value on other "
+                     "problems of the same distribution, not a paired test).")
     lines.append(END)
     return "\n".join(lines)
 

@@ -35,12 +35,22 @@ def write_results(path: str, methods: Mapping[str, Mapping[str, Any]], extra: Ma
     files.write_text(path, json.dumps({"methods": dict(methods), **(extra or {})}, indent=2, sort_keys=True))
 
 
+def budget(m: Mapping[str, Any]) -> str:
+    """A method's training budget as the report states it: epochs or iterations, and optimizer steps."""
+    steps = f", {m['optimizer_steps']} steps" if "optimizer_steps" in m else ""
+    if "epochs" in m:
+        return f"{m['epochs']} epochs{steps}"
+    if "iterations" in m:
+        return f"{m['iterations']} iterations{steps}"
+    return "-"
+
+
 def _table(methods: Mapping[str, Mapping[str, Any]], max_turns: int) -> list[str]:
-    head = "| method | " + " | ".join(f"multi@{k}" for k in range(1, max_turns + 1)) + " | wall s |"
-    lines = [head, "|" + "---|" * (max_turns + 2)]
+    head = "| method | " + " | ".join(f"multi@{k}" for k in range(1, max_turns + 1)) + " | wall s | budget |"
+    lines = [head, "|" + "---|" * (max_turns + 3)]
     for name, m in methods.items():
         cells = [f"{100 * m[f'multi@{k}']:.1f}" for k in range(1, max_turns + 1)]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {m.get('wall_seconds', float('nan')):.0f} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {m.get('wall_seconds', float('nan')):.0f} | {budget(m)} |")
     return lines
 
 

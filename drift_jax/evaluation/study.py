@@ -126,6 +126,23 @@ def _at_time(curve: Sequence[Sequence[float]], seconds: float) -> float | None:
     return before[-1] if before else None
 
 
+def budget(entries: Sequence[Mapping[str, Any]]) -> str:
+    """A method's training budget over seeds, as results.json records it: epochs (offline methods) or
+    iterations (online RL), and the mean number of optimizer steps; "-" for an untrained method."""
+    parts = []
+    for key, unit in (("epochs", "epochs"), ("iterations", "iterations")):
+        values = sorted({e[key] for e in entries if key in e})
+        if values:
+            if key == "iterations":
+                parts.append(f"{np.mean([e[key] for e in entries if key in e]):.0f} {unit} (mean)")
+            else:
+                parts.append(f"{'/'.join(map(str, values))} {unit}")
+    steps = [e["optimizer_steps"] for e in entries if "optimizer_steps" in e]
+    if steps:
+        parts.append(f"{np.mean(steps):.0f} optimizer steps")
+    return ", ".join(parts) or "-"
+
+
 def summarize(runs: Sequence[Mapping[str, Any]], *, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
               ) -> dict[str, Any]:
     """study.json's content from the seeds' runs (`load_seed`): intervals per method and metric, paired tests."""
@@ -143,6 +160,7 @@ def summarize(runs: Sequence[Mapping[str, Any]], *, samples: int = BOOTSTRAP_SAM
         entries = [r["methods"][name] for r in runs]
         methods[name] = {m: {**t_interval([e[m] for e in entries]), "per_seed": [e[m] for e in entries]}
                          for m in (*metrics, "wall_seconds")}
+        methods[name]["budget"] = budget(entries)
     if "online_rl" in names and "drift" in names:  # online RL at DRIFT's wall time: its curve, not paired
         at = [_at_time(r["methods"]["online_rl"].get("curve", []), r["methods"]["drift"]["wall_seconds"]) for r in runs]
         if all(v is not None for v in at):
@@ -190,11 +208,11 @@ def markdown(study: Mapping[str, Any]) -> str:
     lines = [f"# Study over {study['seeds']} seeds", "",
              (f"Held-out multi@k in %, mean [{study['interval']}]. Wall seconds per method are the method's own "
               "cost (online RL: sampling and training)."), "",
-             "| method | " + " | ".join(metrics) + " | wall s |", "|" + "---|" * (t + 2)]
+             "| method | " + " | ".join(metrics) + " | wall s | budget |", "|" + "---|" * (t + 3)]
     for name, m in study["methods"].items():
         cells = [_cell(m[k]) if k in m else "-" for k in metrics]
         wall = f"{m['wall_seconds']['mean']:.0f}" if "wall_seconds" in m else "-"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {wall} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {wall} | {m.get('budget', '-')} |")
     key = metrics[-1]
     new = [f"{n} [{_pct(m[key]['pred_lo'])}, {_pct(m[key]['pred_hi'])}]" for n, m in study["methods"].items()
            if key in m and m[key].get("pred_lo") is not None]

@@ -330,6 +330,11 @@ def run(
     source = examples if isinstance(examples, batches.ExampleSource) else batches.ExampleSource(examples)
     batcher = batches.Batcher(source, config.batch_config())
     total = config.max_steps if config.max_steps is not None else batcher.total_steps(config.epochs)
+    if total < 1:  # e.g. fewer packed rows than one global batch: the policy would come back untrained
+        raise ValueError(
+            f"no optimizer step to take: {len(batcher.epoch_rows(0))} rows of seq_len={config.seq_len} per epoch "
+            f"(packed from {len(batcher.valid)} usable examples) do not fill one batch of batch_size="
+            f"{config.batch_size}; lower batch_size, or give more data")
     tx = make_optimizer(config, total)
     state_sh = state_shardings(mesh, model_config, tx)
     batch_sh = batch_shardings(mesh, batcher.global_shapes())
