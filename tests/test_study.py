@@ -225,3 +225,10 @@ def test_tune_runs_on_dev_and_chooses_by_the_mean(tmp_path):
     tune.link_stages(str(base), str(tmp_path / "point"))
     assert (tmp_path / "point" / "stages" / "reference.json").stat().st_ino == (base / "stages" / "reference.json").stat().st_ino
     assert not (tmp_path / "point" / "results.json").exists() and not (tmp_path / "point" / "run_configs").exists()
+    # The epochs group sets every method's own budget; a point runs only the methods it sets one for.
+    methods, decides, grid = tune.GROUPS["epochs"]
+    assert decides == ("drift", "sft_rollouts", "rft", "sft")
+    assert tune.point_methods(methods, grid[0]) == ("reference", *decides)
+    assert tune.point_methods(methods, {"budgets.rft": 12, "budgets.sft": 12}) == ("reference", "rft", "sft")
+    assert tune.point_methods(methods, {"drift.beta": 0.3}) == methods
+    assert tune.point_name({"budgets.rft": 12, "budgets.sft": 12}) == "budgets=12"
