@@ -150,7 +150,8 @@ def main(argv) -> None:
         validate.check_evaluate(policy=_POLICY.value, task=task.name, split=cfg.eval.split,
                                 num_problems=cfg.eval.num_problems, manual_dir=task.get("manual_dir") or None,
                                 max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
-                                feedback=cfg.feedback, rows_per_batch=_ROWS.value, dtype=dtype, mesh=shape)
+                                feedback=cfg.feedback, rows_per_batch=_ROWS.value, dtype=dtype, mesh=shape,
+                                knobs=_plain(task.get("knobs")) or {}, seed=cfg.seed)
         problems = pipeline.eval_problems(cfg)
     except validate.ConfigError as e:
         sys.exit(f"error: {e}")

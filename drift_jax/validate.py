@@ -380,8 +380,10 @@ def check(cfg: Any, *, devices: int | Sequence[Any] | None = None, workdir: str 
 
 def check_evaluate(*, policy: str, task: str, split: str, num_problems: int, manual_dir: str | None,
                    max_turns: int, max_new_tokens: int, feedback: str, rows_per_batch: int, dtype: str | None,
-                   mesh: Mapping[str, int], devices: int | Sequence[Any] | None = None) -> None:
-    """The checks of `problems` that apply to `python -m drift_jax.evaluate`'s flags; raises ConfigError."""
+                   mesh: Mapping[str, int], devices: int | Sequence[Any] | None = None,
+                   knobs: Mapping[str, Any] | None = None, seed: int = 0) -> None:
+    """The checks of `problems` that apply to `python -m drift_jax.evaluate`'s flags; raises ConfigError.
+    `knobs` and `seed`: the synthetic task's, as the problems will be made (a run's, or the flags')."""
     cfg = {"policy": policy, "max_turns": max_turns, "max_new_tokens": max_new_tokens,
            "rows_per_batch": rows_per_batch, "num_problems": num_problems, "dtype": dtype or ""}
     p = _Problems(cfg)
@@ -396,7 +398,8 @@ def check_evaluate(*, policy: str, task: str, split: str, num_problems: int, man
     chat, lines = chat_problems(policy, "policy") if os.path.isdir(policy) else (None, [])
     p.extend(lines)
     n = num_problems or (500 if task == "synthetic" else 0)
-    found, lines = task_problems({"name": task, "manual_dir": manual_dir, "knobs": {}}, split, n, 0, "task")
+    found, lines = task_problems({"name": task, "manual_dir": manual_dir, "knobs": dict(knobs or {})}, split, n, seed,
+                                 "task")
     p.extend(lines)
     _episode_fits(p, chat, found, f"task {task}/{split}", turns, new, feedback, positions)
     if p:

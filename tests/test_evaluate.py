@@ -77,3 +77,20 @@ def test_flags_over_the_run(tmp_path):
                                        "max_turns": 5, "max_new_tokens": 8, "feedback": "No."})
     problems = pipeline.eval_problems(bare)
     assert len(problems) == 500 and problems == pipeline.envs.synthetic.make_problems("test", 500)
+
+
+def test_the_checks_use_the_runs_knobs_and_seed(tmp_path):
+    """check_evaluate makes the problems the command will evaluate (the run's knobs and seed), not the
+    synthetic defaults: an episode that only the run's long questions overflow is caught."""
+    import pytest
+
+    from drift_jax import validate
+
+    short = fx.CFG.replace(max_position_embeddings=256)
+    pipeline.save_policy(short, fx.params(4), str(pipeline.envs.SYNTHETIC_TOKENIZER), str(tmp_path / "policy"))
+    kw = dict(policy=str(tmp_path / "policy"), task="synthetic", split="test", num_problems=6, manual_dir=None,
+              max_turns=2, max_new_tokens=4, feedback="Incorrect.", rows_per_batch=8, dtype=None, mesh={"data": -1})
+    validate.check_evaluate(**kw, seed=3)  # a+b mod 5: short questions fit
+    long_questions = {"num_operands": 100, "max_digits": 2, "ops": ["max"], "modulus": 0}
+    with pytest.raises(validate.ConfigError, match="past the model's max_position_embeddings=256"):
+        validate.check_evaluate(**kw, knobs=long_questions, seed=3)
