@@ -154,8 +154,16 @@ def test_readme_block_between_the_markers(tmp_path):
     assert text.startswith("# x\n\nbefore\n<!-- results:begin -->") and text.endswith("<!-- results:end -->\nafter\n")
     assert "99.9" not in text
     assert readme_results.main([str(_write(tmp_path, s)), f"--readme={readme}", "--check"]) == 0
-    with pytest.raises(ValueError, match="no results block"):
+    with pytest.raises(ValueError, match="no such block"):
         readme_results.replace_block("no markers", block)
+    # The tuning block: launch/tune.py's tune.md, between its own markers, the results block untouched.
+    tune_md = tmp_path / "tune.md"
+    tune_md.write_text("# Tuning on the dev split (multi@5)\n\n## beta (chosen for drift)\n\n| point | drift |\n")
+    readme.write_text(text.replace("after\n", f"{readme_results.TUNE_BEGIN}\nold\n{readme_results.TUNE_END}\n"))
+    assert readme_results.main([f"--tune={tune_md}", f"--readme={readme}"]) == 0
+    tuned = readme.read_text()
+    assert "\n### Tuning on the dev split (multi@5)" in tuned and "\n#### beta (chosen for drift)" in tuned
+    assert "\nold\n" not in tuned and tuned.split(readme_results.TUNE_BEGIN)[0] == text.replace("after\n", "")
 
 
 def _write(tmp_path, s):
