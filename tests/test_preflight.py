@@ -66,6 +66,49 @@ def test_scan_costs_count_every_trip_as_an_unrolled_compile_does(v5e_2x2):
     assert sum(c.times for c in gathers) >= 12
 
 
+_IN_PLACE_AND_VMEM = """HloModule m
+
+%comb (a: bf16[], b: bf16[]) -> bf16[] {
+  %a = bf16[] parameter(0)
+  ROOT %b = bf16[] parameter(1)
+}
+
+%fused_scatter (p0: bf16[4,16,128], p1: s32[2,1], p2: bf16[2,1,128]) -> bf16[4,16,128] {
+  %p0 = bf16[4,16,128]{2,1,0} parameter(0)
+  %p1 = s32[2,1]{1,0} parameter(1)
+  %p2 = bf16[2,1,128]{2,1,0} parameter(2)
+  ROOT %scatter = bf16[4,16,128]{2,1,0} scatter(%p0, %p1, %p2), update_window_dims={1,2}, inserted_window_dims={0}, scatter_dims_to_operand_dims={0}, index_vector_dim=1, to_apply=%comb
+}
+
+%fused_add (q0: bf16[1024,1024]) -> bf16[1024,1024] {
+  %q0 = bf16[1024,1024]{1,0:T(8,128)(2,1)S(1)} parameter(0)
+  ROOT %add = bf16[1024,1024]{1,0} add(%q0, %q0)
+}
+
+ENTRY %main (cache: bf16[4,16,128], idx: s32[2,1], upd: bf16[2,1,128], w: bf16[1024,1024]) -> (bf16[4,16,128], bf16[1024,1024]) {
+  %cache = bf16[4,16,128]{2,1,0} parameter(0)
+  %idx = s32[2,1]{1,0} parameter(1)
+  %upd = bf16[2,1,128]{2,1,0} parameter(2)
+  %w = bf16[1024,1024]{1,0:T(8,128)(2,1)} parameter(3)
+  %scatter_fusion = bf16[4,16,128]{2,1,0} fusion(%cache, %idx, %upd), kind=kCustom, calls=%fused_scatter
+  %copy-start = (bf16[1024,1024]{1,0:T(8,128)(2,1)S(1)}, bf16[1024,1024]{1,0:T(8,128)(2,1)}, u32[]{:S(2)}) copy-start(%w)
+  %copy-done = bf16[1024,1024]{1,0:T(8,128)(2,1)S(1)} copy-done(%copy-start)
+  %add_fusion = bf16[1024,1024]{1,0:T(8,128)(2,1)} fusion(%copy-done), kind=kLoop, calls=%fused_add
+  ROOT %t = (bf16[4,16,128]{2,1,0}, bf16[1024,1024]{1,0:T(8,128)(2,1)}) tuple(%scatter_fusion, %add_fusion)
+}
+"""
+
+
+def test_bytes_count_in_place_scatters_by_their_update_and_no_vmem_traffic():
+    # A scatter into a buffer it may overwrite (a decode step writing one token's K into the stacked
+    # cache) writes its update, not the buffer; a weight prefetched into VMEM (S(1)) is read from HBM once,
+    # by its copy-start, and the fusion that uses it reads VMEM. XLA's model counts both in full.
+    program = hlo.Program(_IN_PLACE_AND_VMEM)
+    w, cache, update, index = 1024 * 1024 * 2, 4 * 16 * 128 * 2, 2 * 128 * 2, 2 * 4
+    assert program.costs()["bytes accessed"] == (index + 2 * update) + w + w  # scatter; prefetch; add's output
+    assert program.costs(xla_model=True)["bytes accessed"] == (2 * cache + index + update) + 2 * w + 2 * w
+
+
 EVERY_STAGE = {"reference_train", "rollout_prefill", "rollout_decode", "train", "online_rl_rollout_prefill",
                "online_rl_rollout_decode", "online_rl_logprobs", "online_rl_train", "eval_prefill", "eval_decode"}
 

@@ -11,7 +11,8 @@ contracted size (kernel taps that land on padding or dilation holes excluded), a
 element, and HBM bytes are the operands and outputs of each top-level instruction. At one trip per
 loop its FLOPs match cost_analysis() on TPU to <0.01%. Its bytes are those the program moves: a fusion
 that slices one layer out of a stacked [layers, ...] operand inside an inner fusion reads that slice,
-and an in-place update writes its update and does not read its buffer. XLA's TPU model counts the whole
+an in-place update (dynamic-update-slice or scatter) writes its update and does not read its buffer, and
+arrays the TPU compiler placed in VMEM (memory space S(1)) move no HBM bytes. XLA's TPU model counts the whole
 stack in a scanned train step (`xla_model=True` reproduces it there to <0.01%: bytes that grew with the
 square of the layers once trips are counted) but the slice in decode's unrolled layers. Collectives are
 identified by channel id: the TPU compiler splits one all-gather over several async fusions that all
@@ -33,6 +34,10 @@ _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "s32": 4, "u32"
                 "bf16": 2, "f16": 2, "f32": 4, "f64": 8, "c64": 8, "c128": 16, "s4": 0.5, "u4": 0.5,
                 "f8e4m3fn": 1, "f8e5m2": 1, "token": 0}
 _SHAPE = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([0-9,]*)\]")
+# An array with its layout: `bf16[16,3152,2,128]{3,2,1,0:T(2,128)(2,1)S(1)}`; S(n), n > 0, is a memory
+# space other than HBM (the TPU compiler's memory-space assignment puts buffers in VMEM, S(1), and
+# semaphores in SMEM, S(2)).
+_ARRAY = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([0-9,]*)\](\{[^}]*\})?")
 _HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s+\((.*)\)\s+->\s+(.*)\{\s*$")
 _INSTR = re.compile(r"^\s*(ROOT\s+)?%?([\w.\-]+)\s+=\s+(.*)$")
 _CALLEES = re.compile(r"\b(calls|to_apply|body|condition|branch_computations|called_computations)="
@@ -52,6 +57,19 @@ def shape_bytes(text: str) -> int:
     """Bytes of every array shape written in `text` (a tuple's elements summed)."""
     return int(sum(_DTYPE_BYTES[t] * math.prod(int(d) for d in dims.split(",") if d)
                    for t, dims in _SHAPE.findall(text)))
+
+
+def hbm_arrays(text: str) -> list[float]:
+    """Bytes of each array written in `text` that lives in HBM (0 for one in another memory space)."""
+    return [0.0 if layout and re.search(r"S\([1-9]\d*\)", layout) else
+            _DTYPE_BYTES[t] * math.prod(int(d) for d in dims.split(",") if d)
+            for t, dims, layout in _ARRAY.findall(text)]
+
+
+def _hbm_share(text: str) -> float:
+    """The share of an operand's bytes in HBM (1 or 0 for an array; a tuple may be split)."""
+    total = shape_bytes(text)
+    return sum(hbm_arrays(text)) / total if total else 1.0
 
 
 def _dims(text: str) -> list[int]:
@@ -236,25 +254,33 @@ class Program:
             root = next((i for i in body if i.name == root.operands[0]), None)
         return root is not None and root.opcode == "dynamic-update-slice"
 
-    def _update(self, ins: Instr) -> tuple[int, float] | None:
+    def _update(self, comp: str, ins: Instr) -> tuple[int, float] | None:
         """(the operand it updates in place, the bytes of the update) of a dynamic-update-slice or a
-        fusion whose root is one (the buffer traced to a parameter through bitcasts)."""
+        scatter, or of a fusion whose root is one (the buffer traced to a parameter through bitcasts).
+        XLA shares such an op's buffer operand with its output and writes only the update; where the
+        operand is still needed after it, copy insertion adds a `copy` (counted as such). The TPU
+        compiler marks these fusions `"aliasing_operands"` (a decode step's `scatter_fusion` writing one
+        token's K into the [layers, B, S, K, H] cache: 8 KB written, not the 103 MB stack read and written)."""
         if ins.opcode == "dynamic-update-slice" and len(ins.operands) > 1:
             return 0, 0.0  # the update operand is counted as read; the write is the same bytes
+        if ins.opcode == "scatter" and len(ins.operands) == 3:
+            return 0, float(shape_bytes(self.shapes[comp].get(ins.operands[2], "")))
         if ins.opcode != "fusion" or not ins.callees:
             return None
         body = {i.name: i for i in self.computations.get(ins.callees[0][1], [])}
         root = self.computations[ins.callees[0][1]][-1] if body else None
         while root is not None and root.opcode == "bitcast":
             root = body.get(root.operands[0])
-        if root is None or root.opcode != "dynamic-update-slice" or len(root.operands) < 2:
+        if root is None or not (root.opcode == "dynamic-update-slice" and len(root.operands) >= 2
+                                or root.opcode == "scatter" and len(root.operands) == 3):  # one buffer
             return None
         buffer = body.get(root.operands[0])
         while buffer is not None and buffer.opcode == "bitcast":
             buffer = body.get(buffer.operands[0])
         if buffer is None or buffer.opcode != "parameter" or not buffer.args.strip().isdigit():
             return None
-        return int(buffer.args), float(shape_bytes(body[root.operands[1]].shape if root.operands[1] in body else ""))
+        update = root.operands[2 if root.opcode == "scatter" else 1]
+        return int(buffer.args), float(shape_bytes(body[update].shape if update in body else ""))
 
     def _sliced_read(self, fused: str, index: int, nested: bool) -> float:
         """Bytes a fusion reads of its operand `index`: the slices taken when only slices use it. XLA's
@@ -282,10 +308,17 @@ class Program:
         return total if total else math.inf
 
     def _bytes(self, comp: str, ins: Instr, xla_model: bool = False) -> float:
+        """HBM bytes of one top-level instruction: its operands read and outputs written, a sliced
+        operand by its slice, an in-place update by its update, async pairs once. Arrays the TPU
+        compiler placed in another memory space (VMEM, S(1)) move no HBM bytes: a prefetch `copy-start`
+        from HBM into VMEM reads HBM once and its `copy-done` writes VMEM; the fusions that then use the
+        buffer read VMEM. XLA's model (`xla_model`) counts every array whatever its memory space."""
         if ins.opcode in _NO_BYTES:
             return 0.0
-        operands = [shape_bytes(self.shapes[comp].get(o, "")) for o in ins.operands]
+        operand_shapes = [self.shapes[comp].get(o, "") for o in ins.operands]
+        operands = [shape_bytes(t) for t in operand_shapes]
         outputs = [shape_bytes(f"{t}[{d}]") for t, d in _SHAPE.findall(ins.shape)]
+        in_hbm = [1.0 if b or not n else 0.0 for b, n in zip(hbm_arrays(ins.shape), outputs)]
         if ins.opcode in _SLICING and operands:  # reads the slice, not the buffer
             operands[0] = min(operands[0], sum(outputs))
         elif ins.opcode == "slice-start" and operands and len(outputs) > 1:  # ((operand), slice, s32[])
@@ -295,17 +328,20 @@ class Program:
         for out_index, operand_index in _aliases(ins.attrs):  # buffers passed through untouched
             if out_index < len(outputs) and operand_index < len(operands):
                 outputs[out_index] = operands[operand_index] = 0
-        update = None if xla_model else self._update(ins)
+        update = None if xla_model else self._update(comp, ins)
         if update is not None and update[0] < len(operands):  # reads its inputs, writes the update
-            outputs = [update[1] or operands[1]]
+            outputs, in_hbm = [update[1] or operands[1]], in_hbm[:1]
             operands[update[0]] = 0
         elif self._in_place(ins) and operands:  # XLA's model: the largest operand is the buffer
             big = max(range(len(operands)), key=operands.__getitem__)
-            outputs, operands[big] = [sum(operands) - operands[big]], 0
+            outputs, in_hbm, operands[big] = [sum(operands) - operands[big]], in_hbm[:1], 0
         if ins.opcode.endswith("-start"):  # async pairs: the start reads, the done writes
             outputs = []
         elif ins.opcode.endswith("-done"):
             operands = []
+        if not xla_model:
+            operands = [n * _hbm_share(t) for n, t in zip(operands, operand_shapes)]
+            outputs = [n * f for n, f in zip(outputs, in_hbm)]
         return float(sum(operands) + sum(outputs))
 
     def costs(self, root: str | None = None, loop_trips: bool = True, xla_model: bool = False) -> dict[str, float]:
