@@ -10,12 +10,12 @@ DRIFT 55.6 vs online multi-turn RL 56.1.
 Preflight on a v5e-64 (per chip of 15.75 GiB, prompts up to 512 tokens):
     python -m drift_jax.preflight --config=configs/llama3_1_8b.py --topology=v5e:8x8 \
         --config.model.preset=llama3_1_8b
-rollout prefill 7.64 GiB, decode 7.80 GiB (27.1 GB of HBM traffic per token step, roofline 121
+rollout prefill 6.87 GiB, decode 5.63 GiB (5.35 GB of HBM traffic per token step, roofline 612
 tokens/s/chip), train step 8.81 GiB (44% headroom; 98 GB of weight all-gathers and 61,968
-collective-permutes of 76 GB per step; roofline MFU 33%), eval decode 10.62 GiB. The train step needs
-micro_batches=8: 16 rows per micro-batch, one per data x fsdp group. (These HBM bytes and rooflines
-predate the in-place decode cache and the HBM-only byte count; the paper config's decode went from 27.6 to
-8.16 GB per token step with them: rerun the command for current figures.)
+collective-permutes of 76 GB per step; compute-bound, roofline 2.1 s per step), eval decode 7.22 GiB. The
+train row's MFU reads 102%, which cannot be: the model FLOPs of the formula (6N + attention per token)
+exceed the compiled step's 414 TFLOP per chip, not yet explained. The train step needs micro_batches=8:
+16 rows per micro-batch, one per data x fsdp group.
 """
 
 import ml_collections
