@@ -6,7 +6,7 @@ Prints one JSON line. Model: a random Qwen2 (4 layers, hidden 256, 8 heads, 2 KV
 batch: 16 sequences of 256 tokens, the first half of each a prompt (unscored), random weights. The
 PyTorch step is transformers' Qwen2ForCausalLM with the same loss sum(w * token-mean NLL) / sum(w),
 torch AdamW and grad clipping. Timings alternate between the two and take the median of `repeats`.
-`mfu` = our model FLOPs per second (PaLM formula, `train.flops_per_token`) / this machine's f32 matmul
+`mfu` = our model FLOPs per second (6N + causal attention, `train.flops_per_token`) / this machine's f32 matmul
 peak, measured as the best of large JAX and PyTorch f32 matmuls next to each repeat.
 """
 

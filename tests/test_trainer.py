@@ -137,3 +137,22 @@ def test_data_that_fills_no_batch_is_an_error_not_an_untrained_policy(tmp_path, 
     with pytest.raises(ValueError, match="no optimizer step to take.*batch_size=8"):
         trainer.run(TC, CFG, examples, params, tmp_path, sharding.make_mesh({"data": 1}, jax.devices()[:1]))
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_model_flops_never_exceed_what_the_compiled_step_computes():
+    """MFU's numerator (flops_per_token x tokens) is at most the FLOPs the compiled step does, counted with
+    every loop trip (the layer scan): else MFU could read over 100%. At T=512 attention dominates this
+    model, so counting every query against every key (PaLM's 12 L N H T) would fail here: causal
+    attention skips the masked triangle."""
+    from drift_jax.preflight import hlo
+
+    t = 512
+    batcher = batches.Batcher(batches.ExampleSource(make_examples(200)), batches.BatchConfig(batch_size=2, seq_len=t))
+    tx = optax.sgd(1.0)
+    state = trainer.init_state(model.init_params(CFG, jax.random.key(0)), tx)
+    fn = jax.jit(functools.partial(trainer.train_step, model_config=CFG, tx=tx))
+    compiled = hlo.Program(fn.lower(state, batcher.host_batch(0)).compile().as_text()).costs()["flops"]
+    model_flops = trainer.flops_per_token(CFG, t) * 2 * t
+    attention = 6.0 * CFG.num_layers * CFG.num_heads * CFG.head_dim * t * 2 * t
+    assert attention > 0.5 * model_flops  # the case where the attention count matters
+    assert model_flops <= compiled < model_flops + attention + 0.5 * model_flops

@@ -51,7 +51,7 @@ class Program:
     tokens_per_step: int  # global: rows x new tokens
     knobs: tuple[str, ...]  # config fields that shrink its memory
     per_loop_trip: bool = False  # decode: a step is one trip of the program's loop (one token per row)
-    model_flops_per_step: float = 0.0  # train: 6N + attention per token (PaLM) x tokens
+    model_flops_per_step: float = 0.0  # train: 6N + causal attention per token (trainer.flops_per_token) x tokens
     resident: Any = None  # abstract arrays the stage holds on the chips besides the program's own
 
 

@@ -247,11 +247,16 @@ def compile_train_step(
 
 
 def flops_per_token(model_config: ModelConfig, seq_len: int) -> float:
-    """Training FLOPs per token (PaLM appendix B): 6 * matmul params + 12 * L * N * H * T for attention."""
+    """Training model FLOPs per token: 6 * matmul params + 6 * L * N * H * T for causal attention.
+
+    PaLM (appendix B) counts attention as 12 * L * N * H * T, every query against every key; causal
+    attention needs half of it, and `attention.causal_blocks` skips the masked triangle, so with the full
+    count the model FLOPs exceeded what the compiled step computes and MFU could read over 100% (the
+    flash-attention benchmarks' convention halves it too)."""
     c = model_config
     # The input embedding is a lookup, not a matmul (unless tied to the output head).
     matmul_params = c.num_params - (0 if c.tie_embeddings else c.vocab_size * c.hidden_size)
-    return 6.0 * matmul_params + 12.0 * c.num_layers * c.num_heads * c.head_dim * seq_len
+    return 6.0 * matmul_params + 6.0 * c.num_layers * c.num_heads * c.head_dim * seq_len
 
 
 # ----------------------------------------------------------------------------- logging
