@@ -17,7 +17,7 @@ Preflight on a v5e-32 (README, "Before you launch"; per chip of 15.75 GiB, promp
 rollout prefill 9.25 GiB, decode 7.87 GiB (no collectives per token; 8.16 GB of HBM traffic per token
 step, 1.015x its floor of weights + cache, roofline 1605 tokens/s/chip), train step 13.51 GiB (14%
 headroom; 36 all-gathers of 19.9 GB and 101,876 collective-permutes of 130 GB per step, the compiler's
-windowed matmuls gathering the FSDP weights shard by shard; roofline MFU 52%, bound by HBM bytes, a term
+windowed matmuls gathering the FSDP weights shard by shard; roofline MFU 48%, bound by HBM bytes, a term
 the agreement benchmark cannot check), eval 8.24 / 7.87 GiB. The train step
 fits by micro_batches=4 (32 rows each: one per chip) and a chunked cross-entropy: in one micro-batch it
 needed 49.7 GB of temporaries (40.7 GiB with the chunked loss alone); remat="full" brings it to 5.06 GiB,
@@ -44,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.drift = dict(beta=0.1, normalize="group", all_fail="keep", clip=0.0, supervision="terminal")
     c.train = dict(lr=5e-6, warmup_ratio=0.1, schedule="constant", weight_decay=0.1, clip_norm=1.0,
                    batch_size=128, micro_batches=4, seq_len=4096, epochs=1, save_every=50, progress_bar=True)
+    c.budgets = dict(drift=0, sft_rollouts=0, rft=0, sft=0)  # train.epochs for every method (the paper's 1)
     # methods=(..., "online_rl"): 32 problems x 8 samples per iteration, one step of 256 trajectories.
     c.online_rl.update(problems_per_iteration=32, samples_per_problem=8, kl_coef=0.01, eval_every=10)
     c.online_rl.train = dict(lr=1e-6, warmup_ratio=0.0, warmup_steps=5, schedule="constant", weight_decay=0.0,
