@@ -25,6 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.reference.train.update(lr=1e-2, epochs=2, batch_size=8, seq_len=64, progress_bar=False)
     c.rollout.update(num_problems=6, num_samples=2, rows_per_batch=8, problems_per_shard=2)
     c.train.update(epochs=1, batch_size=4, seq_len=96, progress_bar=False)
+    c.budgets = dict(drift=0, sft_rollouts=0, rft=0, sft=0)  # train.epochs for every method
     c.eval.update(num_problems=16, rows_per_batch=4)
     c.online_rl.update(problems_per_iteration=4, samples_per_problem=2, eval_every=1, max_iterations=2,
                        budget_ratio=1e6)

@@ -20,6 +20,7 @@ TINY = {
     "rollout.num_samples": 2, "rollout.rows_per_batch": 8, "rollout.problems_per_shard": 4, "train.epochs": 1,
     "train.batch_size": 4, "train.seq_len": 96, "train.progress_bar": False, "eval.num_problems": 8,
     "eval.rows_per_batch": 8, "drift.all_fail": "keep",  # an untrained tiny policy solves nothing
+    "budgets.drift": 0, "budgets.sft_rollouts": 0, "budgets.rft": 0, "budgets.sft": 0,  # train.epochs for all
 }
 
 

@@ -22,6 +22,7 @@ def tiny_config():
     c.rollout.update(num_problems=6, num_samples=2, rows_per_batch=8, problems_per_shard=4)
     # Unpacked: SFT's 6 short examples would pack into fewer rows than one batch (no step to take).
     c.train.update(epochs=1, batch_size=4, seq_len=96, pack=False, progress_bar=False)
+    c.budgets = dict(drift=0, sft_rollouts=0, rft=0, sft=0)  # train.epochs (1) for every method
     c.eval.update(num_problems=8, rows_per_batch=8)
     c.online_rl.update(problems_per_iteration=2, samples_per_problem=2, eval_every=1, budget_ratio=0.05)
     c.online_rl.train.update(batch_size=4, seq_len=96)

@@ -54,3 +54,15 @@ def test_every_documented_call_exists_with_its_keywords():
                     assert nested, f"README passes {kw}= to {m.group(1)}.{m.group(2)}, which takes no such argument"
             calls += 1
     assert calls >= 20
+
+
+def test_generated_blocks_are_what_their_results_files_give(monkeypatch):
+    """The README's tuning (and, once measured, results) blocks are regenerated from the files in
+    docs/results/, never edited by hand."""
+    from tools import readme_results
+
+    monkeypatch.chdir(pathlib.Path(__file__).parents[1])  # the blocks name their sources relative to the repo
+    tune, study = pathlib.Path("docs/results/tune.md"), pathlib.Path("docs/results/study.json")
+    assert tune.exists(), "docs/results/tune.md (launch/tune.py's) is what the config's tuned values trace to"
+    args = ([str(study)] if study.exists() else []) + [f"--tune={tune}"]
+    assert readme_results.main([*args, "--check"]) == 0

@@ -180,7 +180,7 @@ TINY_FLAGS = [  # tests/test_pipeline.py's tiny_config as --config flags (refere
     "--config.rollout.num_samples=2", "--config.rollout.rows_per_batch=8", "--config.rollout.problems_per_shard=4",
     "--config.train.epochs=1", "--config.train.batch_size=4", "--config.train.seq_len=96",
     "--config.train.progress_bar=False", "--config.eval.num_problems=8", "--config.eval.rows_per_batch=8",
-    "--config.drift.all_fail=keep", "--precompile=false",
+    "--config.drift.all_fail=keep", "--config.budgets.drift=0", "--precompile=false",
 ]
 
 
