@@ -218,13 +218,14 @@ def test_evaluate_cli_checks_its_inputs(tmp_path):
 
 def test_changed_config_on_rerun_stops_and_lists_what_it_invalidates(done, tmp_path, config_file):
     workdir = _copy(done, tmp_path)
+    beta = tiny_config().drift.beta  # the finished run's (the quickstart's tuned value)
     proc = _main(config_file, workdir, "--config.drift.beta=0.3")
-    _assert_clean_exit(proc, "invalidated: weights, train_drift, eval_drift", "  weights: drift.beta: 0.1 -> 0.3",
+    _assert_clean_exit(proc, "invalidated: weights, train_drift, eval_drift", f"  weights: drift.beta: {beta} -> 0.3",
                        "  train_drift: its input weights is recomputed", "--on_change=recompute")
     assert _snapshot(workdir, *OUTPUTS) == {k: v for k, v in done[1].items() if k.startswith(OUTPUTS)}
     configs = sorted(os.listdir(os.path.join(workdir, "run_configs")))  # each run's config kept, none overwritten
     assert len(configs) == 2 and [json.load(open(os.path.join(workdir, "run_configs", c)))["drift"]["beta"]
-                                  for c in configs] == [0.1, 0.3]
+                                  for c in configs] == [beta, 0.3]
 
 
 def test_corrected_hf_path_never_reuses_the_old_reference(done, tmp_path):
