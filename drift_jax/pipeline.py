@@ -396,8 +396,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, precompile: bool = False, 
         tr = stages.run(f"train_{name}", lambda n=name: stage_train(cfg, workdir, mesh, ref_path, n))
         ev = stages.run(f"eval_{name}", lambda n=name, path=tr["path"]: stage_eval(cfg, workdir, mesh, path, n))
         cost += dt["seconds"] + tr["seconds"]
-        extra["tokens_trained"] = tr["scored_tokens_per_epoch"] * method_train(cfg, name).epochs
         extra["epochs"] = method_train(cfg, name).epochs
+        extra["tokens_trained"] = tr["scored_tokens_per_epoch"] * extra["epochs"]
         if "optimizer_steps" in tr:  # absent from a train stage cached before it was recorded
             extra["optimizer_steps"] = tr["optimizer_steps"]
         methods[name] = _method_entry(workdir, name, cost, extra)
