@@ -17,6 +17,9 @@ change (the reference, its rollouts and their dev evaluation are computed once p
 
 Writes WORKDIR/tune.json (every point's dev multi@k per method and seed, and the value each group chose by
 the mean over seeds of multi@max_turns) and WORKDIR/tune.md; a rerun resumes (finished points are cached).
+Groups tuned in earlier calls stay in tune.json as they were, each with the commit and base results it ran
+from: groups run one after another, each from the base config with the earlier groups' choices applied
+(coordinate ascent), and a group is rerun only when named in --groups.
 """
 
 from __future__ import annotations
@@ -37,8 +40,12 @@ GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...], list[dict[str, Any]]]]
     # Epochs: the same grid, hence the same cap, for every offline method (a point runs only the methods it
     # sets a budget for: a grid may be extended for one method without rerunning the others).
     "epochs": (("reference", *OFFLINE), OFFLINE, [{f"budgets.{m}": v for m in OFFLINE} for v in (1, 2, 3, 5, 8, 12)]),
+    # Online RL: a coordinate grid through the config's values (kl_coef 0.01, lr 1e-3), the config's point
+    # first; each point runs 4x DRIFT's wall time (DRIFT's stages are the base run's, so every point has the
+    # same budget), extended up to 2x while its dev curve rises: ~20-40 min each on 2 cores.
     "online_rl": (("reference", "drift", "online_rl"), ("online_rl",),
-                  [{"online_rl.kl_coef": k, "online_rl.train.lr": lr} for k in (0.0, 0.01, 0.1) for lr in (3e-4, 1e-3, 2e-3)]),
+                  [{"online_rl.kl_coef": k, "online_rl.train.lr": lr}
+                   for k, lr in ((0.01, 1e-3), (0.0, 1e-3), (0.1, 1e-3), (0.01, 3e-4), (0.01, 2e-3))]),
 }
 # What the base run keeps out of the points it is linked into (they write their own).
 _NOT_LINKED = ("run_configs", "replaced", "results.json", "report.md", "report.png", "preflight.json")
@@ -115,6 +122,15 @@ def main() -> None:
         sys.exit(f"unknown groups {sorted(unknown)}; known: {', '.join(GROUPS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     summary: dict[str, Any] = {"base": args.base, "split": "dev", "seeds": seeds, "extra_flags": extra, "groups": {}}
+    earlier = os.path.join(args.workdir, "tune.json")
+    if os.path.exists(earlier) and not args.dry_run:  # groups not rerun now keep their earlier record
+        with open(earlier) as f:
+            before = json.load(f)
+        if (before["base"], before["seeds"], before["extra_flags"]) != (args.base, seeds, extra):
+            sys.exit(f"{earlier} was tuned from {before['base']} with seeds {before['seeds']} and flags "
+                     f"{before['extra_flags']}: use another --workdir, or the same base, seeds and flags")
+        summary["groups"] = {g: {"base_results": before["base_results"], **v}  # older records: the call's base
+                             for g, v in before["groups"].items() if g not in groups}
 
     def run(workdir: str, seed: int, methods, overrides) -> dict[str, Any] | None:
         cmd = command(args.base, workdir, seed, methods, overrides, extra)
@@ -152,13 +168,27 @@ def main() -> None:
                 point["mean"] = {m: sum(r[m][metric] for r in done) / len(done)
                                  for m in point_methods(methods, overrides)} if done else {}
             points.append(point)
-        summary["groups"][g] = {"methods": methods, "decides": decides, "points": points,
+        summary["groups"][g] = {"methods": methods, "decides": decides, "points": points, "commit": _commit(),
+                                "base_results": summary["base_results"],
                                 "chosen": {} if args.dry_run else choose(points, decides, metric)}
         if not args.dry_run:
             write(args.workdir, summary)
     if not args.dry_run:
         with open(os.path.join(args.workdir, "tune.md")) as f:
             print(f.read())
+
+
+def _commit() -> str:
+    """The repository's commit (the base config's version a group ran from); "+" when files were changed."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+" if dirty else "")
 
 
 def write(workdir: str, summary: dict[str, Any]) -> None:
@@ -170,8 +200,12 @@ def write(workdir: str, summary: dict[str, Any]) -> None:
              f"Base config {summary['base']}; extra flags {' '.join(summary['extra_flags']) or 'none'}.", ""]
     for g, group in summary["groups"].items():
         methods = group["methods"]
-        lines += [f"## {g} (chosen for {', '.join(group['decides'])})", "",
-                  "| point | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
+        runs = [r for r in (group.get("base_results") or {}).values() if r]
+        base = "; ".join(", ".join(f"{m} {100 * v[metric]:.1f}" for m, v in r.items() if metric in v) for r in runs)
+        lines += [f"## {g} (chosen for {', '.join(group['decides'])})", ""]
+        if "commit" in group:  # groups tuned before this was recorded have none
+            lines += [f"From the base config at commit {group['commit']}" + (f" (base run: {base})" if base else "") + ".", ""]
+        lines += ["| point | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
         for point in group["points"]:
             cells = []
             for m in methods:

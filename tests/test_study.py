@@ -240,3 +240,47 @@ def test_tune_runs_on_dev_and_chooses_by_the_mean(tmp_path):
     assert tune.point_methods(methods, {"budgets.rft": 12, "budgets.sft": 12}) == ("reference", "rft", "sft")
     assert tune.point_methods(methods, {"drift.beta": 0.3}) == methods
     assert tune.point_name({"budgets.rft": 12, "budgets.sft": 12}) == "budgets=12"
+
+
+def test_tune_keeps_earlier_groups_and_records_each_groups_base(tmp_path, monkeypatch):
+    # Coordinate ascent over calls: a group tuned in an earlier call stays in tune.json with the base it ran
+    # from; the group run now records its own base run and commit; another base or seeds is refused.
+    import os
+    import subprocess
+    import sys
+
+    tune = _tune()
+    earlier = {"base": "configs/quickstart.py", "split": "dev", "seeds": [0], "extra_flags": [], "metric": "multi@5",
+               "base_results": {"0": {"drift": {"multi@5": 0.5}}},
+               "groups": {"beta": {"methods": ["reference", "drift"], "decides": ["drift"], "chosen": {},
+                                   "points": [{"name": "drift.beta=0.3", "overrides": {"drift.beta": 0.3},
+                                               "mean": {"drift": 0.55}, "failed_seeds": []}]}}}
+    (tmp_path / "tune.json").write_text(json.dumps(earlier))
+
+    real_run = subprocess.run
+
+    def fake_run(cmd, check=False, **kw):  # a pipeline run: dev results that grow with kl_coef
+        if cmd[0] == "git":
+            return real_run(cmd, check=check, **kw)
+        workdir = next(c.split("=", 1)[1] for c in cmd if c.startswith("--workdir="))
+        kl = float(next((c.split("=", 1)[1] for c in cmd if c.startswith("--config.online_rl.kl_coef=")), 0.0))
+        methods = {"reference": 0.4, "drift": 0.6, "online_rl": 0.5 + kl}
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump({"max_turns": 5, "methods": {m: {"multi@5": v, "wall_seconds": 1.0} for m, v in methods.items()}}, f)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(tune.subprocess, "run", fake_run)
+    monkeypatch.setattr(sys, "argv", ["tune.py", f"--workdir={tmp_path}", "--groups=online_rl"])
+    tune.main()
+    out = json.loads((tmp_path / "tune.json").read_text())
+    assert list(out["groups"]) == ["beta", "online_rl"]
+    assert out["groups"]["beta"]["points"] == earlier["groups"]["beta"]["points"]
+    assert out["groups"]["beta"]["base_results"] == earlier["base_results"]  # the call it ran in
+    orl = out["groups"]["online_rl"]
+    assert orl["base_results"]["0"]["drift"]["multi@5"] == 0.6 and orl["commit"]
+    assert orl["chosen"]["online_rl"]["overrides"] == {"online_rl.kl_coef": 0.1, "online_rl.train.lr": 1e-3}
+    assert "## beta" in (tmp_path / "tune.md").read_text() and "## online_rl" in (tmp_path / "tune.md").read_text()
+    monkeypatch.setattr(sys, "argv", ["tune.py", f"--workdir={tmp_path}", "--groups=beta", "--seeds=0,1"])
+    with pytest.raises(SystemExit, match="seeds"):
+        tune.main()
