@@ -12,10 +12,10 @@ Preflight on a v5e-64 (per chip of 15.75 GiB, prompts up to 512 tokens):
         --config.model.preset=llama3_1_8b
 rollout prefill 6.87 GiB, decode 5.63 GiB (5.35 GB of HBM traffic per token step, roofline 612
 tokens/s/chip), train step 8.81 GiB (44% headroom; 98 GB of weight all-gathers and 61,968
-collective-permutes of 76 GB per step; compute-bound, roofline 2.1 s per step), eval decode 7.22 GiB. The
-train row's MFU read 102%: the model FLOPs counted attention in full (PaLM's 12 L N H T per token) where
-causal attention needs half, more than the compiled step's 414 TFLOP per chip; the formula now counts it
-as half, and this figure predates that fix (rerun the command). The train step needs micro_batches=8:
+collective-permutes of 76 GB per step; compute-bound, roofline 2.1 s per step, MFU 95.4%), eval
+decode 7.22 GiB. The roofline is compute-bound, so its MFU is the model FLOPs over the compiled step's 414
+TFLOP per chip (little is recomputed): an upper bound a real step will stay under, as it waits on the
+weight all-gathers and permutes the roofline overlaps. The train step needs micro_batches=8:
 16 rows per micro-batch, one per data x fsdp group.
 """
 
