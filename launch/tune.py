@@ -154,7 +154,7 @@ def main() -> None:
     summary["metric"] = metric
     for g in groups:
         methods, decides, grid = GROUPS[g]
-        points = []
+        points, commit = [], _commit()  # the code and base config the group's points run
         for overrides in grid:
             point = {"name": point_name(overrides), "overrides": overrides, "results": {}}
             for s in seeds:
@@ -168,7 +168,7 @@ def main() -> None:
                 point["mean"] = {m: sum(r[m][metric] for r in done) / len(done)
                                  for m in point_methods(methods, overrides)} if done else {}
             points.append(point)
-        summary["groups"][g] = {"methods": methods, "decides": decides, "points": points, "commit": _commit(),
+        summary["groups"][g] = {"methods": methods, "decides": decides, "points": points, "commit": commit,
                                 "base_results": summary["base_results"],
                                 "chosen": {} if args.dry_run else choose(points, decides, metric)}
         if not args.dry_run:
