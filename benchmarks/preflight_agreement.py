@@ -6,8 +6,8 @@ The preflight reads a step's FLOPs, HBM bytes and collectives from the compiled 
 loop body (layers, micro-batches, loss chunks, the compiler's windowed matmuls) once per trip. Here the
 train step is compiled again with every scan unrolled (jax.lax.scan forced to unroll=True, jax.lax.map
 made a scan), and the decode step as one trip of the decode chunk's loop alone (jax.lax.while_loop made
-one call of its body; and two calls, for the marginal trip below), so that XLA's own cost_analysis() counts everything, and the collectives are
-those the loop-free program issues. Memory is compared too: the unrolled program is scheduled
+one call of its body; and two calls, for the marginal trip below), so that XLA's own cost_analysis()
+counts everything, and the collectives are those the loop-free program issues. Memory is compared too: the unrolled program is scheduled
 differently, so it is a looser check. So are the train step's collectives: unrolled, XLA gathers each
 weight once for all micro-batches and reduces the summed gradients once (CSE and reassociation across
 what were loop trips), so the unrolled program moves about a third of the bytes of the scanned one that
