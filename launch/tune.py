@@ -20,6 +20,16 @@ the mean over seeds of multi@max_turns) and WORKDIR/tune.md; a rerun resumes (fi
 Groups tuned in earlier calls stay in tune.json as they were, each with the commit and base results it ran
 from: groups run one after another, each from the base config with the earlier groups' choices applied
 (coordinate ascent), and a group is rerun only when named in --groups.
+
+Online RL's points are equal in compute, not in seconds: the config's point runs 4x DRIFT's wall time, and
+every other point as many iterations as it ran (without DRIFT), so a grid finished on another machine, or
+at another load, compares like with like.
+
+A grid longer than a machine lives (online RL's, ~40 min a point on 2 cores) spans sessions with
+`--keep=DIR` (commit DIR after each point): the base run's record and reference policy, and each finished
+point's record, are kept there (tools/keep_run.py). A later call with the same --keep reads the kept points
+instead of running them and starts the rest from the kept reference policy, after checking that the code
+(drift_jax/, configs/) is the code they were kept from.
 """
 
 from __future__ import annotations
@@ -31,6 +41,9 @@ import shutil
 import subprocess
 import sys
 from typing import Any
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+import keep_run  # noqa: E402  (tools/keep_run.py: a run's record, kept where it is committed)
 
 OFFLINE = ("drift", "sft_rollouts", "rft", "sft")
 # group: (methods run, methods the choice is made for, points as {dotted config key: value}).
@@ -47,6 +60,10 @@ GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...], list[dict[str, Any]]]]
                   [{"online_rl.kl_coef": k, "online_rl.train.lr": lr}
                    for k, lr in ((0.01, 1e-3), (0.0, 1e-3), (0.1, 1e-3), (0.01, 3e-4), (0.01, 2e-3))]),
 }
+# Groups whose points after the first run as many iterations as the first ran (its budget: 4x DRIFT's wall
+# time), without DRIFT: {group: the method whose iterations are matched}.
+MATCHED_ITERATIONS = {"online_rl": "online_rl"}
+UNBOUNDED_SECONDS = 1e9  # a matched point's time budget: its iterations alone end it
 # What the base run keeps out of the points it is linked into (they write their own).
 _NOT_LINKED = ("run_configs", "replaced", "results.json", "report.md", "report.png", "preflight.json")
 
@@ -90,10 +107,35 @@ def link_stages(src: str, dst: str) -> None:
 
 
 def dev_results(workdir: str) -> dict[str, dict[str, float]]:
-    """{method: {multi@k: value}} of a finished point's results.json (dev problems)."""
+    """{method: {multi@k: value, wall_seconds, iterations (online RL)}} of a finished point's results.json."""
     with open(os.path.join(workdir, "results.json")) as f:
         methods = json.load(f)["methods"]
-    return {m: {k: v for k, v in r.items() if k.startswith("multi@") or k == "wall_seconds"} for m, r in methods.items()}
+    return {m: {k: v for k, v in r.items() if k.startswith("multi@") or k in ("wall_seconds", "iterations")}
+            for m, r in methods.items()}
+
+
+def matched(group: str, methods: tuple[str, ...], first: dict[Any, Any] | None) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """A point's methods and extra overrides in a matched-iterations group, given the first point's results
+    per seed: the first point's iterations (their mean over seeds, rounded), no DRIFT, no time limit."""
+    method = MATCHED_ITERATIONS[group]
+    iterations = [r[method]["iterations"] for r in (first or {}).values() if r]
+    if not iterations:
+        raise RuntimeError(f"{group}: the first point failed on every seed, so there is no budget to match")
+    return (tuple(m for m in methods if m != "drift"),
+            {f"{method}.max_iterations": round(sum(iterations) / len(iterations)),
+             f"{method}.budget_seconds": UNBOUNDED_SECONDS})
+
+
+def restore_base(kept: str, base: str) -> None:
+    """The kept base's reference policy and its stage markers (reference, eval_reference), copied into an
+    empty base workdir: the points then start from that reference (equal digests: cached), not a new one."""
+    if os.path.exists(os.path.join(base, "stages", "reference.json")):
+        return
+    os.makedirs(os.path.join(base, "stages"), exist_ok=True)
+    shutil.copytree(os.path.join(kept, "reference", "hf"), os.path.join(base, "reference", "hf"))
+    for name in ("reference", "eval_reference"):
+        shutil.copy2(os.path.join(kept, "stages", f"{name}.json"), os.path.join(base, "stages", f"{name}.json"))
+    shutil.copy2(os.path.join(kept, "eval_reference.json"), os.path.join(base, "eval_reference.json"))
 
 
 def choose(points: list[dict[str, Any]], methods: tuple[str, ...], metric: str) -> dict[str, Any]:
@@ -114,6 +156,8 @@ def main() -> None:
     p.add_argument("--base", default="configs/quickstart.py")
     p.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated, of {', '.join(GROUPS)}")
     p.add_argument("--seeds", default="0", help="comma-separated; choices use the mean over them")
+    p.add_argument("--keep", default="", help="a directory (committed) that keeps the base and each finished "
+                   "point, so the grid spans sessions; see the module docstring")
     p.add_argument("--dry_run", action="store_true")
     args, extra = p.parse_known_args()
     groups = [g for g in args.groups.split(",") if g]
@@ -132,7 +176,15 @@ def main() -> None:
         summary["groups"] = {g: {"base_results": before["base_results"], **v}  # older records: the call's base
                              for g, v in before["groups"].items() if g not in groups}
 
-    def run(workdir: str, seed: int, methods, overrides) -> dict[str, Any] | None:
+    def kept(workdir: str) -> str | None:
+        """Where `workdir` (under --workdir) is kept, if --keep is given."""
+        return os.path.join(args.keep, os.path.relpath(workdir, args.workdir)) if args.keep else None
+
+    def run(workdir: str, seed: int, methods, overrides, *, with_reference: bool = False) -> dict[str, Any] | None:
+        keep_dir = kept(workdir)
+        if keep_dir and os.path.exists(os.path.join(keep_dir, "results.json")) and not args.dry_run:
+            print(f"[tune] {workdir}: kept in {keep_dir}, not run again", flush=True)
+            return dev_results(keep_dir)
         cmd = command(args.base, workdir, seed, methods, overrides, extra)
         print(" ".join(cmd), flush=True)
         if args.dry_run:
@@ -140,33 +192,51 @@ def main() -> None:
         if subprocess.run(cmd, check=False).returncode != 0:  # e.g. all_fail=drop, no success: recorded, not fatal
             print(f"[tune] {workdir} failed; recorded as failed", flush=True)
             return None
+        if keep_dir:
+            keep_run.keep(workdir, keep_dir, with_reference=with_reference)
         return dev_results(workdir)
 
     bases = {s: os.path.join(args.workdir, f"seed-{s}", "base") for s in seeds}
-    summary["base_results"] = {s: run(bases[s], s, ("reference", "drift"), {}) for s in seeds}
+    if args.keep and not args.dry_run:  # kept records from other code are not comparable with new points
+        records = sorted(d for d, _, names in os.walk(args.keep) if "provenance.json" in names)
+        problems = keep_run.check(records, free_keys=None, code=keep_run.provenance()["code"])
+        if problems:
+            sys.exit(f"--keep={args.keep} holds records not made by this code; use another --keep:\n  "
+                     + "\n  ".join(problems))
+        for s in seeds:
+            if os.path.exists(os.path.join(kept(bases[s]), "results.json")):
+                restore_base(kept(bases[s]), bases[s])
+    summary["base_results"] = {s: run(bases[s], s, ("reference", "drift"), {}, with_reference=True) for s in seeds}
     failed = [s for s, r in summary["base_results"].items() if r is None and not args.dry_run]
     if failed:
         sys.exit(f"the base run failed for seeds {failed} (see above): every point starts from it")
     metric = "multi@?"
     if not args.dry_run:  # multi@max_turns of the runs (the base config's max_turns, or an extra flag's)
-        with open(os.path.join(bases[seeds[0]], "results.json")) as f:
+        first = bases[seeds[0]]
+        if args.keep and os.path.exists(os.path.join(kept(first), "results.json")):
+            first = kept(first)  # the base was not run here
+        with open(os.path.join(first, "results.json")) as f:
             metric = f"multi@{json.load(f)['max_turns']}"
     summary["metric"] = metric
     for g in groups:
         methods, decides, grid = GROUPS[g]
         points, commit = [], _commit()  # the code and base config the group's points run
-        for overrides in grid:
+        for i, overrides in enumerate(grid):
             point = {"name": point_name(overrides), "overrides": overrides, "results": {}}
+            ran, budget = point_methods(methods, overrides), {}
+            if g in MATCHED_ITERATIONS and i > 0 and not args.dry_run:
+                ran, budget = matched(g, ran, points[0]["results"])
+                point["budget_overrides"] = budget
+            point["methods_run"] = ran
             for s in seeds:
                 workdir = os.path.join(args.workdir, f"seed-{s}", g, point["name"])
                 if not args.dry_run:
                     link_stages(bases[s], workdir)
-                point["results"][s] = run(workdir, s, point_methods(methods, overrides), overrides)
+                point["results"][s] = run(workdir, s, ran, {**overrides, **budget})
             if not args.dry_run:
                 done = [point["results"][s] for s in seeds if point["results"][s] is not None]
                 point["failed_seeds"] = [s for s in seeds if point["results"][s] is None]
-                point["mean"] = {m: sum(r[m][metric] for r in done) / len(done)
-                                 for m in point_methods(methods, overrides)} if done else {}
+                point["mean"] = {m: sum(r[m][metric] for r in done) / len(done) for m in ran} if done else {}
             points.append(point)
         summary["groups"][g] = {"methods": methods, "decides": decides, "points": points, "commit": commit,
                                 "base_results": summary["base_results"],
@@ -210,10 +280,14 @@ def write(workdir: str, summary: dict[str, Any]) -> None:
             cells = []
             for m in methods:
                 best = group["chosen"].get(m, {}).get("overrides") == point["overrides"]
-                ran = m in point_methods(methods, point["overrides"])
+                ran = m in point.get("methods_run", point_methods(methods, point["overrides"]))
                 value = f"{100 * point['mean'][m]:.1f}" if m in point["mean"] else ("failed" if ran else "-")
                 cells.append(f"**{value}**" if best else value)
             lines.append(f"| {point['name']} | " + " | ".join(cells) + " |")
+        budgets = {v for p in group["points"] for k, v in p.get("budget_overrides", {}).items() if k.endswith(".max_iterations")}
+        if budgets:  # a matched-iterations group
+            lines += ["", f"Points after the first: {', '.join(map(str, sorted(budgets)))} iterations each, no time "
+                      "limit, no DRIFT (the first point's iterations in 4x DRIFT's wall time, its DRIFT the base run's)."]
         lines += [""] + [f"- {m}: {point_name(c['overrides'])} ({100 * c[metric]:.1f})" for m, c in group["chosen"].items()]
         lines.append("")
     with open(os.path.join(workdir, "tune.md"), "w") as f:

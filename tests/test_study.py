@@ -267,7 +267,8 @@ def test_tune_keeps_earlier_groups_and_records_each_groups_base(tmp_path, monkey
         methods = {"reference": 0.4, "drift": 0.6, "online_rl": 0.5 + kl}
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump({"max_turns": 5, "methods": {m: {"multi@5": v, "wall_seconds": 1.0} for m, v in methods.items()}}, f)
+            json.dump({"max_turns": 5, "methods": {m: {"multi@5": v, "wall_seconds": 1.0, "iterations": 7}
+                                                   for m, v in methods.items()}}, f)
         return subprocess.CompletedProcess(cmd, 0)
 
     monkeypatch.setattr(tune.subprocess, "run", fake_run)
@@ -284,3 +285,133 @@ def test_tune_keeps_earlier_groups_and_records_each_groups_base(tmp_path, monkey
     monkeypatch.setattr(sys, "argv", ["tune.py", f"--workdir={tmp_path}", "--groups=beta", "--seeds=0,1"])
     with pytest.raises(SystemExit, match="seeds"):
         tune.main()
+
+
+def _fake_pipeline(calls: list[list[str]]):
+    """A stand-in for `python -m drift_jax.main` in a tune call: it records the command and writes what a run
+    leaves (results, run config, stage markers, the reference policy); online RL's iterations are its
+    max_iterations, or 40 when the time budget decides."""
+    import os
+    import subprocess
+
+    real_run = subprocess.run
+
+    def fake_run(cmd, check=False, **kw):
+        if cmd[0] == "git":
+            return real_run(cmd, check=check, **kw)
+        calls.append(cmd)
+        flags = dict(c[2:].split("=", 1) for c in cmd if c.startswith("--") and "=" in c)
+        workdir = flags["workdir"]
+        lr = float(flags.get("config.online_rl.train.lr", 1e-3))
+        iterations = int(flags.get("config.online_rl.max_iterations", 40))
+        methods = {m: {"multi@5": 0.4 if m == "reference" else 0.6 if m == "drift" else 0.5 + lr * 100,
+                       "wall_seconds": 1.0, **({"iterations": iterations} if m == "online_rl" else {})}
+                   for m in eval(flags["config.methods"])}
+        for sub in ("stages", "run_configs", "reference/hf"):
+            os.makedirs(os.path.join(workdir, sub), exist_ok=True)
+        files = {"results.json": {"max_turns": 5, "methods": methods}, "eval_reference.json": {"multi@5": 0.4},
+                 "stages/reference.json": {"summary": {"seconds": 1.0}}, "stages/eval_reference.json": {},
+                 "run_configs/20260101-000000-1.json": {"seed": int(flags["config.seed"])},
+                 "reference/hf/model.safetensors": {"weights": workdir}}
+        for name, content in files.items():
+            if name.startswith("reference/") and os.path.exists(os.path.join(workdir, name)):
+                continue  # a point's reference is its base's (linked)
+            with open(os.path.join(workdir, name), "w") as f:
+                json.dump(content, f)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    return fake_run
+
+
+def test_tune_online_rl_points_match_iterations_and_span_sessions_with_keep(tmp_path, monkeypatch):
+    # The config's online RL point runs on its time budget; the others run its iteration count without DRIFT.
+    # With --keep, the base (with its reference policy) and every finished point are kept; a later call on a
+    # fresh workdir (another machine) reruns nothing kept, restores the kept reference for the points it
+    # still has to run, and refuses kept records made by other code.
+    import shutil
+    import subprocess
+    import sys
+
+    tune = _tune()
+    code = {"drift_jax": "tree-a", "configs": "tree-b"}
+    monkeypatch.setattr(tune.keep_run, "provenance", lambda: {"commit": "c0", "code": dict(code), "dirty": False,
+                                                              "lock_sha256": "l", "machine": {}})
+    calls: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "run", _fake_pipeline(calls))
+    keep = tmp_path / "kept"
+
+    def tune_call(workdir):
+        calls.clear()
+        monkeypatch.setattr(sys, "argv", ["tune.py", f"--workdir={workdir}", "--groups=online_rl", f"--keep={keep}"])
+        tune.main()
+        return json.loads((workdir / "tune.json").read_text())["groups"]["online_rl"]
+
+    first = tune_call(tmp_path / "w1")
+    assert len(calls) == 6  # the base and five points
+    assert "--config.methods=('reference','drift','online_rl')" in calls[1] and not any("max_iterations" in c for c in calls[1])
+    for cmd in calls[2:]:
+        assert "--config.methods=('reference','online_rl')" in cmd
+        assert "--config.online_rl.max_iterations=40" in cmd and "--config.online_rl.budget_seconds=1000000000.0" in cmd
+    assert first["chosen"]["online_rl"]["overrides"] == {"online_rl.kl_coef": 0.01, "online_rl.train.lr": 2e-3}
+    assert (keep / "seed-0" / "base" / "reference" / "hf" / "model.safetensors").exists()
+    assert "Points after the first: 40 iterations each" in (tmp_path / "w1" / "tune.md").read_text()
+
+    # Another machine: nothing kept runs again; the same choice from the kept records.
+    assert tune_call(tmp_path / "w2")["chosen"] == first["chosen"] and calls == []
+    # A point that did not finish before the session ended: only it runs, from the kept reference.
+    shutil.rmtree(keep / "seed-0" / "online_rl" / "online_rl.kl_coef=0.01,online_rl.train.lr=0.0003")
+    assert tune_call(tmp_path / "w3")["chosen"] == first["chosen"]
+    assert len(calls) == 1 and "--config.online_rl.train.lr=0.0003" in calls[0]
+    assert "--config.online_rl.max_iterations=40" in calls[0]
+    hf = tmp_path / "w3" / "seed-0" / "online_rl" / "online_rl.kl_coef=0.01,online_rl.train.lr=0.0003" / "reference" / "hf"
+    assert json.loads((hf / "model.safetensors").read_text()) == {"weights": str(tmp_path / "w1" / "seed-0" / "base")}
+    code["drift_jax"] = "tree-c"  # the code changed since the records were kept
+    with pytest.raises(SystemExit, match="not made by this code"):
+        tune_call(tmp_path / "w4")
+
+
+def test_kept_records_make_the_same_study_and_refuse_other_code_or_config(tmp_path, monkeypatch):
+    # tools/keep_run.py: a seed's record (results, per-problem evaluations, stage markers, config, provenance)
+    # gives the study the workdir gives, with the machine it ran on; records of other code, another config
+    # (the seed aside) or uncommitted code are flagged.
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location("keep_run", pathlib.Path(__file__).parents[1] / "tools" / "keep_run.py")
+    keep_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(keep_run)
+    machine = {"platform": "Linux-test", "processor": "CPU-X", "cpus": 2}
+    prov = {"commit": "c", "code": {"drift_jax": "a", "configs": "b"}, "dirty": False, "lock_sha256": "l", "machine": machine}
+    monkeypatch.setattr(keep_run, "provenance", lambda: dict(prov))
+    rng = np.random.default_rng(0)
+    runs, kept = [], []
+    for seed in range(2):
+        d = pathlib.Path(_seed_dir(tmp_path, seed, {m: rng.choice([0, 1, 2], size=50) for m in ("reference", "drift")},
+                                   {"reference": 1.0, "drift": 2.0}))
+        (d / "run_configs").mkdir()
+        (d / "run_configs" / "20260101-000000-1.json").write_text(json.dumps({"seed": 0, "x": 1}))
+        (d / "run_configs" / "20260102-000000-1.json").write_text(json.dumps({"seed": seed, "x": 2}))  # the last run
+        (d / "stages" / "drift.started.json").write_text("{}")
+        keep_run.keep(str(d), str(tmp_path / "kept" / d.name))
+        runs.append(str(d))
+        kept.append(str(tmp_path / "kept" / d.name))
+    assert sorted(p.name for p in (tmp_path / "kept" / "seed-0").rglob("*")) == sorted(
+        ["config.json", "eval_drift.json", "eval_reference.json", "provenance.json", "reference.json", "results.json",
+         "stages"])
+    assert json.loads((tmp_path / "kept" / "seed-1" / "config.json").read_text()) == {"seed": 1, "x": 2}
+    assert keep_run.check(kept) == []
+    a = study.write_study(runs, str(tmp_path / "a"), samples=500)
+    b = study.write_study(kept, str(tmp_path / "b"), samples=500)
+    assert a["methods"] == b["methods"] and a["comparisons"] == b["comparisons"]
+    assert b["machines"] == [machine, machine] and b["machines_summary"] == "CPU-X (2 CPU cores, Linux-test)"
+    # Another code tree, another config, uncommitted code: each flagged.
+    prov.update(code={"drift_jax": "z", "configs": "b"}, dirty=True)
+    (tmp_path / "seed-1" / "run_configs" / "20260103-000000-1.json").write_text(json.dumps({"seed": 1, "x": 3}))
+    with pytest.raises(RuntimeError, match="uncommitted"):
+        keep_run.keep(runs[1], kept[1])
+    keep_run.keep(runs[1], kept[1], allow_dirty=True)
+    problems = keep_run.check(kept)
+    assert len(problems) == 3 and "uncommitted" in problems[0] and "code" in problems[1] and "config" in problems[2]
+    other = {**machine, "processor": "CPU-Y"}
+    assert study.machines({"workdirs": ["k/seed-0", "k/seed-1", "k/seed-2"], "machines": [machine, other, machine]}) == (
+        "CPU-X (2 CPU cores, Linux-test) (seed-0, seed-2); CPU-Y (2 CPU cores, Linux-test) (seed-1)")

@@ -116,8 +116,16 @@ def load_seed(workdir: str) -> dict[str, Any]:
     stage_dir = epath.Path(workdir) / "stages"
     seconds = [_read_json(str(p))["summary"]["seconds"] for p in stage_dir.glob("*.json")
                if not p.name.endswith(".started.json")] if stage_dir.exists() else []
+    # A record kept by tools/keep_run.py names the machine it ran on; a workdir ran on this one.
+    prov = epath.Path(workdir) / "provenance.json"
+    machine = _read_json(str(prov))["machine"] if prov.exists() else _machine()
     return {"workdir": workdir, "max_turns": results["max_turns"], "task": results.get("task"), "methods": methods,
-            "run_seconds": float(sum(seconds))}
+            "run_seconds": float(sum(seconds)), "machine": machine}
+
+
+def _machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count()}
 
 
 def _at_time(curve: Sequence[Sequence[float]], seconds: float) -> float | None:
@@ -176,7 +184,7 @@ def summarize(runs: Sequence[Mapping[str, Any]], *, samples: int = BOOTSTRAP_SAM
             comparisons.append({"a": a, "b": b, "metric": metric,
                                 **paired_bootstrap(a_S, b_S, samples=samples, seed=seed),
                                 "mcnemar": mcnemar(np.concatenate(a_S), np.concatenate(b_S))})
-    return {
+    study = {
         "seeds": len(runs), "workdirs": [r["workdir"] for r in runs], "task": runs[0].get("task"),
         "max_turns": max_turns, "methods": methods, "comparisons": comparisons,
         "run_seconds": t_interval([r["run_seconds"] for r in runs]) | {"per_seed": [r["run_seconds"] for r in runs]},
@@ -185,12 +193,24 @@ def summarize(runs: Sequence[Mapping[str, Any]], *, samples: int = BOOTSTRAP_SAM
         "test": ("paired bootstrap of the difference in multi@k: seeds resampled, then problems within each seed; "
                  f"{samples} samples (seed {seed}); significant: the {int(100 * LEVEL)}% percentile interval "
                  "excludes 0 (uncorrected). mcnemar: exact test on the pooled (seed, problem) pairs"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count()},
+        "machine": runs[0].get("machine") or _machine(),  # the first seed's; every seed's in `machines`
+        "machines": [r.get("machine") or _machine() for r in runs],
     }
+    return {**study, "machines_summary": machines(study)}
 
 
 # ----------------------------------------------------------------------------- the report
+
+
+def machines(study: Mapping[str, Any]) -> str:
+    """The machines the seeds ran on, with the seeds each ran where there were several:
+    "AMD EPYC (2 CPU cores, Linux-...) (seed-1, seed-2); ..."."""
+    seeds: dict[str, list[str]] = {}
+    for workdir, m in zip(study["workdirs"], study.get("machines") or [study["machine"]] * study["seeds"]):
+        seeds.setdefault(f"{m['processor']} ({m['cpus']} CPU cores, {m['platform']})", []).append(workdir.rstrip("/").split("/")[-1])
+    if len(seeds) == 1:
+        return next(iter(seeds))
+    return "; ".join(f"{name} ({', '.join(s)})" for name, s in seeds.items())
 
 
 def _pct(x: float | None) -> str:
@@ -225,8 +245,7 @@ def markdown(study: Mapping[str, Any]) -> str:
         lines.append(f"| {c['a']} vs {c['b']} | {c['metric']} | {100 * c['diff']:+.1f} | "
                      f"[{100 * c['lo']:+.1f}, {100 * c['hi']:+.1f}] | {c['p']:.3f} | {c['mcnemar']['p']:.3g} | {mark} |")
     rs = study["run_seconds"]
-    lines += ["", (f"Machine: {study['machine']['processor']}, {study['machine']['cpus']} CPUs "
-                   f"({study['machine']['platform']}); a seed's stages took {rs['mean'] / 60:.1f} min on average.")]
+    lines += ["", f"Machines: {study.get('machines_summary') or machines(study)}; a seed's stages took {rs['mean'] / 60:.1f} min on average."]
     return "\n".join(lines) + "\n"
 
 
