@@ -35,6 +35,7 @@ instead of running them and starts the rest from the kept reference policy, afte
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import shutil
@@ -158,6 +159,8 @@ def main() -> None:
     p.add_argument("--seeds", default="0", help="comma-separated; choices use the mean over them")
     p.add_argument("--keep", default="", help="a directory (committed) that keeps the base and each finished "
                    "point, so the grid spans sessions; see the module docstring")
+    p.add_argument("--parallel", type=int, default=1, help="online RL's matched points (an iteration budget, "
+                   "not a time budget) run this many at once; points on a time budget always run alone")
     p.add_argument("--dry_run", action="store_true")
     args, extra = p.parse_known_args()
     groups = [g for g in args.groups.split(",") if g]
@@ -221,23 +224,38 @@ def main() -> None:
     for g in groups:
         methods, decides, grid = GROUPS[g]
         points, commit = [], _commit()  # the code and base config the group's points run
-        for i, overrides in enumerate(grid):
-            point = {"name": point_name(overrides), "overrides": overrides, "results": {}}
-            ran, budget = point_methods(methods, overrides), {}
-            if g in MATCHED_ITERATIONS and i > 0 and not args.dry_run:
-                ran, budget = matched(g, ran, points[0]["results"])
-                point["budget_overrides"] = budget
-            point["methods_run"] = ran
+
+        def run_point(point: dict[str, Any], ran: tuple[str, ...], budget: dict[str, Any]) -> None:
             for s in seeds:
                 workdir = os.path.join(args.workdir, f"seed-{s}", g, point["name"])
                 if not args.dry_run:
                     link_stages(bases[s], workdir)
-                point["results"][s] = run(workdir, s, ran, {**overrides, **budget})
+                point["results"][s] = run(workdir, s, ran, {**point["overrides"], **budget})
             if not args.dry_run:
                 done = [point["results"][s] for s in seeds if point["results"][s] is not None]
                 point["failed_seeds"] = [s for s in seeds if point["results"][s] is None]
                 point["mean"] = {m: sum(r[m][metric] for r in done) / len(done) for m in ran} if done else {}
-            points.append(point)
+
+        # Matched points end by their iterations, not by a clock: --parallel of them may share the machine.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+            pending = []
+            for i, overrides in enumerate(grid):
+                point = {"name": point_name(overrides), "overrides": overrides, "results": {}}
+                ran, budget = point_methods(methods, overrides), {}
+                if g in MATCHED_ITERATIONS and i > 0 and not args.dry_run:
+                    ran, budget = matched(g, ran, points[0]["results"])
+                    point["budget_overrides"] = budget
+                point["methods_run"] = ran
+                points.append(point)
+                if budget:
+                    pending.append(pool.submit(run_point, point, ran, budget))
+                else:  # a point on a time budget runs alone
+                    for f in pending:
+                        f.result()
+                    pending = []
+                    run_point(point, ran, budget)
+            for f in pending:
+                f.result()
         summary["groups"][g] = {"methods": methods, "decides": decides, "points": points, "commit": commit,
                                 "base_results": summary["base_results"],
                                 "chosen": {} if args.dry_run else choose(points, decides, metric)}

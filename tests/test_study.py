@@ -324,7 +324,8 @@ def _fake_pipeline(calls: list[list[str]]):
 
 
 def test_tune_online_rl_points_match_iterations_and_span_sessions_with_keep(tmp_path, monkeypatch):
-    # The config's online RL point runs on its time budget; the others run its iteration count without DRIFT.
+    # The config's online RL point runs on its time budget, alone; the others run its iteration count without
+    # DRIFT (--parallel of them at once: no clock decides their length).
     # With --keep, the base (with its reference policy) and every finished point are kept; a later call on a
     # fresh workdir (another machine) reruns nothing kept, restores the kept reference for the points it
     # still has to run, and refuses kept records made by other code.
@@ -342,12 +343,13 @@ def test_tune_online_rl_points_match_iterations_and_span_sessions_with_keep(tmp_
 
     def tune_call(workdir):
         calls.clear()
-        monkeypatch.setattr(sys, "argv", ["tune.py", f"--workdir={workdir}", "--groups=online_rl", f"--keep={keep}"])
+        monkeypatch.setattr(sys, "argv", ["tune.py", f"--workdir={workdir}", "--groups=online_rl", f"--keep={keep}",
+                                          "--parallel=3"])  # the matched points three at a time
         tune.main()
         return json.loads((workdir / "tune.json").read_text())["groups"]["online_rl"]
 
     first = tune_call(tmp_path / "w1")
-    assert len(calls) == 6  # the base and five points
+    assert len(calls) == 6  # the base and five points (the first before any other: its iterations are matched)
     assert "--config.methods=('reference','drift','online_rl')" in calls[1] and not any("max_iterations" in c for c in calls[1])
     for cmd in calls[2:]:
         assert "--config.methods=('reference','online_rl')" in cmd
