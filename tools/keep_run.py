@@ -45,8 +45,18 @@ def provenance() -> dict[str, Any]:
     dirty = _git("status", "--porcelain", "--untracked-files=no", "--", *CODE)
     return {"commit": _git("rev-parse", "HEAD"), "code": {d: _git("rev-parse", f"HEAD:{d}") for d in CODE},
             "dirty": bool(dirty), "lock_sha256": hashlib.sha256((ROOT / LOCK).read_bytes()).hexdigest(),
-            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                        "cpus": os.cpu_count()}}
+            "machine": {"platform": platform.platform(), "processor": cpu_model(), "cpus": os.cpu_count()}}
+
+
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC", from /proc/cpuinfo on Linux), else what `platform` knows."""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _latest_config(workdir: pathlib.Path) -> dict[str, Any]:
