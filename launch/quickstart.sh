@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # CPU quickstart of the whole pipeline (creates .venv and installs on first use): a tiny reference
 # policy trained from scratch, rollouts, weights, weighted SFT, multi@k evaluation, report; then the
-# baselines (sft, sft_rollouts, rft, online_rl) on the same reference and task. With the budgets tuned on
-# dev the whole comparison is not yet timed: online RL alone gets 4x DRIFT's wall time (~25 minutes on 2 cores).
+# baselines (sft, sft_rollouts, rft, online_rl) on the same reference and task. Time on 2 CPU cores, from
+# launch/tune.py's base runs: reference + DRIFT 7 minutes on one machine, 16 on a 2-core AMD EPYC (AVX2,
+# 2 GHz); online RL alone gets 4x DRIFT's wall time, so the whole comparison takes about 1 to 1.5 hours.
 # Usage: bash launch/quickstart.sh [WORKDIR] [--config.x=y ...]     (a rerun resumes from the cached stages)
-#        CONFIG=configs/quickstart_drift.py bash launch/quickstart.sh    (reference and DRIFT only, ~7 minutes)
+#        CONFIG=configs/quickstart_drift.py bash launch/quickstart.sh    (reference and DRIFT only)
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 ensure_venv requirements.lock
 WORKDIR="${1:-$ROOT/runs/quickstart}"
