@@ -57,13 +57,14 @@ def test_every_documented_call_exists_with_its_keywords():
 
 
 def test_generated_blocks_are_what_their_results_files_give(monkeypatch):
-    """The README's tuning (and, once measured, results) blocks are regenerated from the files in
-    docs/results/, never edited by hand."""
+    """The README's tuning, performance (and, once measured, results) blocks are regenerated from the files
+    in docs/results/, never edited by hand."""
     from tools import readme_results
 
     monkeypatch.chdir(pathlib.Path(__file__).parents[1])  # the blocks name their sources relative to the repo
     # The study's seeds are kept in docs/results/study/ (KEEP=docs/results/study bash launch/study.sh).
     tune, study = pathlib.Path("docs/results/tune.md"), pathlib.Path("docs/results/study/study.json")
     assert tune.exists(), "docs/results/tune.md (launch/tune.py's) is what the config's tuned values trace to"
-    args = ([str(study)] if study.exists() else []) + [f"--tune={tune}"]
+    # The performance table: tools/run_benchmarks.sh's records (a benchmark without one is "not measured").
+    args = ([str(study)] if study.exists() else []) + [f"--tune={tune}", "--bench=docs/results/benchmarks"]
     assert readme_results.main([*args, "--check"]) == 0
