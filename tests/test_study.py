@@ -202,6 +202,18 @@ def test_study_script_runs_seeds_and_aggregates(tmp_path):
     solved = [json.loads((tmp_path / f"seed-{i}" / "eval_drift.json").read_text())["multi@2"] for i in (5, 6)]
     assert s["methods"]["drift"]["multi@2"]["per_seed"] == solved
     assert "| reference vs drift | multi@2 |" in (tmp_path / "study.md").read_text()
+    # KEEP: the finished seeds (cached here, so nothing retrains) are kept, and a later call on a fresh workdir
+    # (another machine) runs no kept seed and writes the same study from the kept records.
+    kept = tmp_path / "kept"
+    for workdir in (tmp_path, tmp_path / "fresh"):
+        out = subprocess.run(["bash", "launch/study.sh", str(workdir), *TINY_FLAGS], cwd=root, check=True,
+                             env={**os.environ, "SEEDS": "2", "FIRST": "5", "KEEP": str(kept)},
+                             capture_output=True, text=True).stdout
+        k = json.loads((kept / "study.json").read_text())
+        assert k["workdirs"] == [str(kept / "seed-5"), str(kept / "seed-6")] and k["methods"] == s["methods"]
+    assert "seed 5: kept in" in out and not (tmp_path / "fresh").exists()
+    assert sorted(p.name for p in (kept / "seed-5").iterdir()) == [
+        "config.json", "eval_drift.json", "eval_reference.json", "provenance.json", "report.md", "results.json", "stages"]
 
 
 def _tune():
