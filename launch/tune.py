@@ -25,7 +25,7 @@ Online RL's points are equal in compute, not in seconds: the config's point runs
 every other point as many iterations as it ran (without DRIFT), so a grid finished on another machine, or
 at another load, compares like with like.
 
-A grid longer than a machine lives (online RL's, ~40 min a point on 2 cores) spans sessions with
+A grid longer than a machine lives (online RL's: 25-60 min a point on 2 cores) spans sessions with
 `--keep=DIR` (commit DIR after each point): the base run's record and reference policy, and each finished
 point's record, are kept there (tools/keep_run.py). A later call with the same --keep reads the kept points
 instead of running them and starts the rest from the kept reference policy, after checking that the code
