@@ -24,7 +24,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from drift_jax import train  # noqa: E402
+from drift_jax.train import trainer as train  # noqa: E402
 from drift_jax.lm import model, sharding
 from drift_jax.train import batches
 
