@@ -223,7 +223,7 @@ def main() -> None:
     summary["metric"] = metric
     for g in groups:
         methods, decides, grid = GROUPS[g]
-        points, commit = [], _commit()  # the code and base config the group's points run
+        points, commit = [], keep_run.commit_label()  # the code and base config the group's points run
 
         def run_point(point: dict[str, Any], ran: tuple[str, ...], budget: dict[str, Any]) -> None:
             for s in seeds:
@@ -264,19 +264,6 @@ def main() -> None:
     if not args.dry_run:
         with open(os.path.join(args.workdir, "tune.md")) as f:
             print(f.read())
-
-
-def _commit() -> str:
-    """The repository's commit (the base config's version a group ran from); "+" when files were changed."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+" if dirty else "")
 
 
 def write(workdir: str, summary: dict[str, Any]) -> None:

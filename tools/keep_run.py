@@ -39,6 +39,14 @@ def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
 
+def commit_label() -> str:
+    """The short commit, with "+" when tracked files were changed; "unknown" outside a git checkout."""
+    try:
+        return _git("rev-parse", "--short", "HEAD") + ("+" if _git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def provenance() -> dict[str, Any]:
     """Where the code that ran came from: commit, the code trees (equal trees: equal code), uncommitted code
     changes, the lock, the machine."""
