@@ -3,5 +3,6 @@
 # Usage: bash launch/test.sh [pytest args]   e.g. bash launch/test.sh -m slow   (the slow end-to-end tests)
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 ensure_venv requirements-test.lock
-if [ "$#" -eq 0 ]; then set -- -m "not slow"; fi
+# The default: the CI suite, printing its slowest tests (its budget is 15 minutes on 2 cores).
+if [ "$#" -eq 0 ]; then set -- -m "not slow" --durations=30; fi
 exec python -m pytest -q -p no:cacheprovider "$@"
