@@ -287,6 +287,7 @@ def _train(workdir, examples, **kw):  # a tiny SFT run on 4 devices
                        sharding.make_mesh({"data": 4}, jax.devices()[:4]))
 
 
+@pytest.mark.slow  # CI: tests/test_trainer.py::test_run_logs_and_nan_stops_without_overwriting_checkpoint
 def test_nan_loss_stops_with_the_last_good_checkpoint_intact(tmp_path):
     examples = str(tmp_path / "examples.arrayrecord")
     batches.write_examples(examples, make_examples(48))
@@ -421,8 +422,9 @@ def _check_mid_sft(done, workdir, status, err, sig):
     assert os.path.exists(os.path.join(workdir, "stages", "weights.json"))
 
 
+# Slow: SIGKILL then SIGTERM (SIGTERM then SIGKILL, the other order of the same two resumes, runs in CI).
 @pytest.mark.parametrize("first,second,finish", [
-    (signal.SIGKILL, signal.SIGTERM, False), (signal.SIGTERM, signal.SIGKILL, False),
+    pytest.param(signal.SIGKILL, signal.SIGTERM, False, marks=pytest.mark.slow), (signal.SIGTERM, signal.SIGKILL, False),
     pytest.param(signal.SIGKILL, signal.SIGTERM, True, marks=pytest.mark.slow),
     pytest.param(signal.SIGTERM, signal.SIGKILL, True, marks=pytest.mark.slow)])
 def test_signals_mid_rollouts_then_mid_sft(done, tmp_path, config_file, first, second, finish):

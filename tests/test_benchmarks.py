@@ -33,8 +33,8 @@ def test_benchmark_runs_and_prints_what_the_readme_reads(name, monkeypatch, caps
     for constant, value in TINY[name].items():
         monkeypatch.setattr(bench, constant, value)
     if name == "rollouts":
-        monkeypatch.setattr(bench, "ENGINE", bench.engine.EngineConfig(rows=4, chunk_steps=4, prompt_buckets=(512,),
-                                                                       prefill_rows=2, row_buckets=2))
+        monkeypatch.setattr(bench, "ENGINE", bench.engine.EngineConfig(
+            rows=TINY["rollouts"]["ROWS"], chunk_steps=4, prompt_buckets=(512,), prefill_rows=2, row_buckets=2))
     if name == "train_step":
         monkeypatch.setattr(sys, "argv", ["train_step.py", "--steps=1", "--warmup=1", "--repeats=1"])
         peak = bench.matmul_peak

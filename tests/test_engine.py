@@ -84,25 +84,28 @@ def _play(run, jobs, success):
 RULE = sampling.Sampling(temperature=1.0, stop_tokens=(3, 10, 11, 12, 13, 14, 15))  # end of turn among them
 
 
-def test_engine_equals_static_engine_and_ignores_rows_chunks_and_mesh():
+# Slow: the unsharded engine against the static engine also runs in CI in tests/test_benchmarks.py (rollouts).
+@pytest.mark.parametrize("on_mesh", [pytest.param(False, marks=pytest.mark.slow), True])
+def test_engine_equals_static_engine_and_ignores_rows_chunks_and_mesh(on_mesh):
     params = _params()
     jobs, success = _workload(5, 3, 3, seed=1)
     kw = dict(rule=RULE, forced=FORCED, max_new_tokens=8)
     static, _ = _play(lambda v: engine.run_static(params, CFG, jobs, v, 16, **kw), jobs, success)
     assert any(ok for _, _, ok in static.values()) and not all(ok for _, _, ok in static.values())
     assert len({len(x) for x in [[t for (j, t) in static if j == i] for i in range(15)]}) > 1  # episodes end early
-    mesh = sharding.make_mesh({"data": 4, "tensor": 2})
-    for cfg, m in [(engine.EngineConfig(rows=3, chunk_steps=4, prompt_buckets=(32,)), None),
-                   (engine.EngineConfig(rows=8, chunk_steps=7, prompt_buckets=(16, 32), prefill_rows=1), mesh)]:
-        p = sampling.rollout_params(params, CFG, m)
-        got, stats = _play(lambda v: engine.run(p, CFG, jobs, v, cfg, mesh=m, **kw), jobs, success)
-        assert got.keys() == static.keys()
-        for key in static:
-            assert got[key][0] == static[key][0] and got[key][2] == static[key][2]
-            np.testing.assert_allclose(got[key][1], static[key][1], atol=1e-5)
-        assert stats.prefills < len(jobs)  # samples of a problem share a prefill
-        assert stats.prompt_copies >= 1  # also samples that start later (a busy row's prompt copied)
-        assert stats.narrowed >= 1  # the drain's narrower states are covered
+    cases = {False: (engine.EngineConfig(rows=3, chunk_steps=4, prompt_buckets=(32,)), None),
+             True: (engine.EngineConfig(rows=8, chunk_steps=7, prompt_buckets=(16, 32), prefill_rows=1),
+                    sharding.make_mesh({"data": 4, "tensor": 2}))}
+    cfg, m = cases[on_mesh]
+    p = sampling.rollout_params(params, CFG, m)
+    got, stats = _play(lambda v: engine.run(p, CFG, jobs, v, cfg, mesh=m, **kw), jobs, success)
+    assert got.keys() == static.keys()
+    for key in static:
+        assert got[key][0] == static[key][0] and got[key][2] == static[key][2]
+        np.testing.assert_allclose(got[key][1], static[key][1], atol=1e-5)
+    assert stats.prefills < len(jobs)  # samples of a problem share a prefill
+    assert stats.prompt_copies >= 1  # also samples that start later (a busy row's prompt copied)
+    assert stats.narrowed >= 1  # the drain's narrower states are covered
 
 
 def test_the_drain_narrows_rows_without_changing_trajectories():
@@ -142,7 +145,8 @@ def _rescored(params, config, jobs, turns):
     return worst
 
 
-@pytest.mark.parametrize("dtype,tol", [("float32", 2e-6), ("bfloat16", 0.06)])
+# Slow: bfloat16 (float32 pins the same code path in CI at a tighter tolerance).
+@pytest.mark.parametrize("dtype,tol", [("float32", 2e-6), pytest.param("bfloat16", 0.06, marks=pytest.mark.slow)])
 def test_sampler_logprobs_equal_training_forward(dtype, tol):
     """float32: equal to the training path within 2e-6 (reduction order only); bfloat16 (bf16 KV cache):
     within 0.06 nats, the spread of bf16 rounding of activations computed in different shapes."""

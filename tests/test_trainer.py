@@ -78,6 +78,7 @@ def test_gradient_accumulation_equals_one_large_batch(params):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7), s4.params, s1.params)
 
 
+@pytest.mark.slow  # CI: the gradient accumulation test above (micro-batches equal one batch)
 def test_loss_does_not_depend_on_the_split(params):
     """Rows moved between micro-batches (or hosts: shards of the batch axis) give the same loss/grads."""
     examples = make_examples(30)
