@@ -431,6 +431,27 @@ def test_kept_records_make_the_same_study_and_refuse_other_code_or_config(tmp_pa
         "CPU-X (2 CPU cores, Linux-test) (seed-0, seed-2); CPU-Y (2 CPU cores, Linux-test) (seed-1)")
 
 
+def test_a_workdir_and_its_kept_record_name_the_same_machine(tmp_path):
+    # A study of workdirs (not kept) names the machine as tools/keep_run.py's provenance does: the CPU's
+    # model name where /proc/cpuinfo has one, not the architecture ("x86_64").
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location("keep_run", pathlib.Path(__file__).parents[1] / "tools" / "keep_run.py")
+    keep_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(keep_run)
+    rng = np.random.default_rng(0)
+    dirs = [_seed_dir(tmp_path, seed, {m: rng.choice([0, 1, 2], size=20) for m in ("reference", "drift")},
+                      {"reference": 1.0, "drift": 2.0}) for seed in range(2)]
+    s = study.write_study(dirs, str(tmp_path / "out"), samples=100)
+    assert s["machines"] == [keep_run.provenance()["machine"]] * 2
+    cpuinfo = pathlib.Path("/proc/cpuinfo")
+    names = [l.split(":", 1)[1].strip() for l in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+             if l.startswith("model name")]
+    if names:
+        assert s["machine"]["processor"] == names[0]
+
+
 def test_benchmarks_block(tmp_path):
     # tools/readme_results.py's performance table: figures and provenance land in the rows, a missing record is
     # named. (That each benchmark prints every key the table reads: tests/test_benchmarks.py runs them.)

@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import pathlib
-import platform
 import shutil
 import subprocess
 import sys
@@ -28,6 +26,9 @@ from collections.abc import Sequence
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from drift_jax.runtime import machine  # noqa: E402  (jax-free: the machine, as results and studies name it)
+
 CODE = ("drift_jax", "configs")  # the trees a run's numbers depend on (README or launcher edits do not count)
 LOCK = "requirements.lock"
 # The config keys that may differ between comparable records: the seed, and what only says where or how
@@ -53,18 +54,7 @@ def provenance() -> dict[str, Any]:
     dirty = _git("status", "--porcelain", "--untracked-files=no", "--", *CODE)
     return {"commit": _git("rev-parse", "HEAD"), "code": {d: _git("rev-parse", f"HEAD:{d}") for d in CODE},
             "dirty": bool(dirty), "lock_sha256": hashlib.sha256((ROOT / LOCK).read_bytes()).hexdigest(),
-            "machine": {"platform": platform.platform(), "processor": cpu_model(), "cpus": os.cpu_count()}}
-
-
-def cpu_model() -> str:
-    """The CPU's model name ("AMD EPYC", from /proc/cpuinfo on Linux), else what `platform` knows."""
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+            "machine": machine.describe()}
 
 
 def _latest_config(workdir: pathlib.Path) -> dict[str, Any]:

@@ -20,7 +20,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,6 +27,8 @@ from typing import Any
 import numpy as np
 from etils import epath
 from scipy import stats
+
+from drift_jax.runtime import machine
 
 LEVEL = 0.95
 ORDER = ("reference", "drift", "sft_rollouts", "rft", "sft", "online_rl")  # results.json sorts them by name
@@ -118,14 +119,9 @@ def load_seed(workdir: str) -> dict[str, Any]:
                if not p.name.endswith(".started.json")] if stage_dir.exists() else []
     # A record kept by tools/keep_run.py names the machine it ran on; a workdir ran on this one.
     prov = epath.Path(workdir) / "provenance.json"
-    machine = _read_json(str(prov))["machine"] if prov.exists() else _machine()
+    ran_on = _read_json(str(prov))["machine"] if prov.exists() else machine.describe()
     return {"workdir": workdir, "max_turns": results["max_turns"], "task": results.get("task"), "methods": methods,
-            "run_seconds": float(sum(seconds)), "machine": machine}
-
-
-def _machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count()}
+            "run_seconds": float(sum(seconds)), "machine": ran_on}
 
 
 def _at_time(curve: Sequence[Sequence[float]], seconds: float) -> float | None:
@@ -193,8 +189,8 @@ def summarize(runs: Sequence[Mapping[str, Any]], *, samples: int = BOOTSTRAP_SAM
         "test": ("paired bootstrap of the difference in multi@k: seeds resampled, then problems within each seed; "
                  f"{samples} samples (seed {seed}); significant: the {int(100 * LEVEL)}% percentile interval "
                  "excludes 0 (uncorrected). mcnemar: exact test on the pooled (seed, problem) pairs"),
-        "machine": runs[0].get("machine") or _machine(),  # the first seed's; every seed's in `machines`
-        "machines": [r.get("machine") or _machine() for r in runs],
+        "machine": runs[0].get("machine") or machine.describe(),  # the first seed's; every seed's in `machines`
+        "machines": [r.get("machine") or machine.describe() for r in runs],
     }
     return {**study, "machines_summary": machines(study)}
 
