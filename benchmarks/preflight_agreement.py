@@ -17,7 +17,7 @@ per step, against 75 of 1.6 GB and 12 of 1.2 GB); they are printed, not checked.
 HBM bytes have four references. `hbm_bytes`: XLA's cost_analysis() of the loop-free program; it is not
 an HBM count (it counts arrays the TPU compiler placed in VMEM, memory space S(1), and an in-place
 scatter as its whole buffer read and written), so it is printed, not checked. `hbm_bytes_hlo`: the
-preflight's own per-instruction rules (`hlo`) on the loop-free program; the unrolled train step is another
+preflight's own per-instruction rules (`hlo_costs`) on the loop-free program; the unrolled train step is another
 program (XLA fuses and schedules across what were loop trips), so there it is printed only. Decode's step
 is one trip of a loop, and no loop-free program is that trip: a one-trip program (`hbm_bytes_hlo`) reads
 the whole carry from HBM and writes it back, where the loop may keep part of it in VMEM across trips (the
@@ -183,7 +183,7 @@ def _decode_floor(p, mesh) -> tuple[float, float]:
     traffic (v6e:2x2, Qwen2.5-0.5B: the K cache and two weight stacks, 80 MB)."""
     import jax
 
-    from drift_jax.preflight import analysis, hlo
+    from drift_jax.preflight import analysis, hlo, hlo_costs
 
     state = p.kwargs["state"]
     floor = (analysis._shard_bytes(p.args) + analysis._shard_bytes((state.cache.k_LxBxSxKxH, state.cache.v_LxBxSxKxH))
@@ -191,7 +191,7 @@ def _decode_floor(p, mesh) -> tuple[float, float]:
     with jax.set_mesh(mesh):
         program = hlo.Program(p.fn.lower(*p.args, **p.kwargs).compile().as_text())
     loop = next(i for i in program.computations[program.entry] if i.opcode == "while")
-    return float(floor), float(hlo.shape_bytes(loop.shape) - sum(hlo.hbm_arrays(loop.shape)))
+    return float(floor), float(hlo_costs.shape_bytes(loop.shape) - sum(hlo_costs.hbm_arrays(loop.shape)))
 
 
 def _unrolled(scan, f, init, xs=None, length=None, reverse=False, unroll=1, **kw):

@@ -25,7 +25,7 @@ import jax  # noqa: E402
 from jax._src import dispatch, monitoring  # noqa: E402
 import numpy as np  # noqa: E402
 
-from drift_jax.lm import model, sampling  # noqa: E402
+from drift_jax.lm import decode_state, model, sampling  # noqa: E402
 from drift_jax.rollout import engine  # noqa: E402
 
 PROBLEMS, K, TURNS, MAX_NEW, MEDIAN, P_SUCCESS = 12, 16, 5, 512, 40, 0.3
@@ -72,7 +72,7 @@ def play(run, jobs, success) -> tuple[float, engine.Stats, dict, float]:
 
 
 def main():
-    params = sampling.rollout_params(model.init_params(CONFIG, jax.random.key(0)), CONFIG, None)
+    params = decode_state.rollout_params(model.init_params(CONFIG, jax.random.key(0)), CONFIG, None)
     jobs, success = workload()
     forced = list(range(2, 2 + FEEDBACK))
     kw = dict(rule=sampling.Sampling(temperature=1.0), forced=forced, max_new_tokens=MAX_NEW)

@@ -6,7 +6,7 @@ Prints one JSON line. Model: a random Qwen2 (4 layers, hidden 256, 8 heads, 2 KV
 batch: 16 sequences of 256 tokens, the first half of each a prompt (unscored), random weights. The
 PyTorch step is transformers' Qwen2ForCausalLM with the same loss sum(w * token-mean NLL) / sum(w),
 torch AdamW and grad clipping. Timings alternate between the two and take the median of `repeats`.
-`mfu` = our model FLOPs per second (6N + causal attention, `train.flops_per_token`) / this machine's f32 matmul
+`mfu` = our model FLOPs per second (6N + causal attention, `update.flops_per_token`) / this machine's f32 matmul
 peak, measured as the best of large JAX and PyTorch f32 matmuls next to each repeat.
 """
 
@@ -24,9 +24,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from drift_jax.train import trainer as train  # noqa: E402
 from drift_jax.lm import model, sharding
-from drift_jax.train import batches
+from drift_jax.train import batches, update
 
 B, T, VOCAB, HIDDEN, LAYERS, HEADS, KV, MLP = 16, 256, 512, 256, 4, 8, 2, 1024
 
@@ -54,16 +53,16 @@ def timed(fn, steps: int) -> float:
     return time.perf_counter() - t0
 
 
-def jax_stepper(dtype: str, tc: train.TrainConfig, batch_np: dict):
+def jax_stepper(dtype: str, tc: update.TrainConfig, batch_np: dict):
     cfg = model_config(dtype)
     mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
-    tx = train.make_optimizer(tc, 1000)
-    state_sh = train.state_shardings(mesh, cfg, tx)
-    batch_sh = train.batch_shardings(mesh, {k: v.shape for k, v in batch_np.items()})
+    tx = update.make_optimizer(tc, 1000)
+    state_sh = update.state_shardings(mesh, cfg, tx)
+    batch_sh = update.batch_shardings(mesh, {k: v.shape for k, v in batch_np.items()})
     params = model.init_params(cfg, jax.random.key(0))
-    state = jax.device_put(train.init_state(params, tx), state_sh)
+    state = jax.device_put(update.init_state(params, tx), state_sh)
     batch = jax.device_put(batch_np, batch_sh)
-    step_fn = train.compile_train_step(cfg, tx, mesh, state_sh, batch_sh)
+    step_fn = update.compile_train_step(cfg, tx, mesh, state_sh, batch_sh)
     box = [state]
 
     def run(n):
@@ -77,7 +76,7 @@ def jax_stepper(dtype: str, tc: train.TrainConfig, batch_np: dict):
     return run
 
 
-def torch_stepper(tc: train.TrainConfig, exs: list[dict]):
+def torch_stepper(tc: update.TrainConfig, exs: list[dict]):
     import torch
     import transformers
 
@@ -143,7 +142,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
 
-    tc = train.TrainConfig(lr=1e-4, warmup_steps=0, batch_size=B, seq_len=T, pack=False)
+    tc = update.TrainConfig(lr=1e-4, warmup_steps=0, batch_size=B, seq_len=T, pack=False)
     exs = examples()
     batch_np = batches.Batcher(batches.ExampleSource(exs), tc.batch_config()).host_batch(0)
     tokens = B * T
@@ -156,7 +155,7 @@ def main() -> None:
         run(args.warmup)
     # The machine may be shared: the peak is re-measured next to each repeat's timings, and each
     # repeat's MFU uses its own peak, so load that comes and goes affects both sides alike.
-    fpt = train.flops_per_token(model_config(), T)
+    fpt = update.flops_per_token(model_config(), T)
     times = {k: [] for k in runners}
     peaks, mfus, mfus_bf16 = [], [], []
     for _ in range(args.repeats):

@@ -24,7 +24,7 @@ from typing import Any
 import ml_collections
 from absl import app, flags
 
-from drift_jax import envs, pipeline, validate
+from drift_jax import envs, stage_io, validate
 from drift_jax.evaluation import held_out
 from drift_jax.lm import hf, sharding
 from drift_jax.rollout import episodes
@@ -72,7 +72,7 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def eval_config(run: ml_collections.ConfigDict | None, given: dict[str, Any]) -> ml_collections.ConfigDict:
-    """The sections of a pipeline config that `pipeline.eval_problems` and the episode read: the run's,
+    """The sections of a pipeline config that `stage_io.eval_problems` and the episode read: the run's,
     with the values in `given` (flags set on the command line) over them; without a run, from `given`."""
     if run is None:
         knobs = given.get("task_knobs")
@@ -152,7 +152,7 @@ def main(argv) -> None:
                                 max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
                                 feedback=cfg.feedback, rows_per_batch=_ROWS.value, dtype=dtype, mesh=shape,
                                 knobs=_plain(task.get("knobs")) or {}, seed=cfg.seed)
-        problems = pipeline.eval_problems(cfg)
+        problems = stage_io.eval_problems(cfg)
     except validate.ConfigError as e:
         sys.exit(f"error: {e}")
     except (ValueError, TypeError) as e:  # knobs the synthetic task does not take

@@ -8,17 +8,12 @@ The config is validated before any stage runs (`validate.py`). Every stage write
 workdir and, last, a marker `stages/<name>.json` holding its wall time, summary, the config values it
 read and its inputs' digests (`stages.py`); a rerun skips a stage only if those are unchanged, and
 resumes the one that stopped (rollout shards and trainer checkpoints resume inside a stage). `plan`
-declares what each stage reads. Policies are exchanged as HF
-directories (`hf.save_hf` + the tokenizer files), so a trained policy is loadable by transformers and
-by `python -m drift_jax.evaluate`.
-
-`cfg` is the ml-collections ConfigDict of `configs/*.py`; this module maps it onto the frozen
-dataclasses of the libraries.
+declares what each stage reads. What a stage is given (the libraries' configs, the problems) and how
+policies are exchanged (HF directories) is `stage_io.py`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
@@ -33,10 +28,24 @@ import numpy as np
 from drift_jax import envs, validate
 from drift_jax.baselines import offline, online_rl
 from drift_jax.evaluation import held_out, report
-from drift_jax.lm import hf, model, sharding
-from drift_jax.rollout import driver, engine, episodes, returns, supervision
+from drift_jax.lm import model, sharding
+from drift_jax.rollout import driver, returns, supervision
 from drift_jax.rollout.weights import drift_weights, weight_diagnostics
 from drift_jax.runtime import files, hosts
+from drift_jax.stage_io import (
+    chat_format,
+    curve_problems,
+    engine_config,
+    episode_config,
+    eval_problems,
+    load_policy,
+    method_train,
+    problems,
+    return_config,
+    save_policy,
+    shared_write,
+    train_config,
+)
 from drift_jax.stages import Stage, Stages, reads
 from drift_jax.train import batches, trainer
 
@@ -44,88 +53,6 @@ log = logging.getLogger(__name__)
 # Methods trained offline from the fixed reference: DRIFT and the baselines that share its data and trainer.
 OFFLINE_METHODS = ("drift", "sft_rollouts", "rft", "sft")
 METHODS = validate.METHODS
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
-
-
-# ----------------------------------------------------------------------------- config mapping
-
-
-def episode_config(cfg: ml_collections.ConfigDict, *, sample: bool) -> episodes.EpisodeConfig:
-    r = cfg.rollout
-    return episodes.EpisodeConfig(
-        max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens, feedback=cfg.feedback,
-        temperature=r.temperature if sample else 0.0, top_k=r.top_k if sample else 0,
-        top_p=r.top_p if sample else 1.0,
-    )
-
-
-def engine_config(section: ml_collections.ConfigDict) -> engine.EngineConfig:
-    """The rollout engine's shapes from a rollout or eval section (its rows are `rows_per_batch`)."""
-    knobs = dict(section.get("engine") or {})
-    if "prompt_buckets" in knobs:
-        knobs["prompt_buckets"] = tuple(knobs["prompt_buckets"])
-    return engine.EngineConfig(rows=section.rows_per_batch, **knobs)
-
-
-def train_config(section: ml_collections.ConfigDict, seed: int) -> trainer.TrainConfig:
-    return trainer.TrainConfig(**{**section.to_dict(), "seed": seed, "async_checkpoints": False})
-
-
-def method_train(cfg: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-    """The trainer section of offline method `name`: cfg.train with its epochs from `cfg.budgets[name]`,
-    the budget chosen for that method on the dev split (launch/tune.py); 0 or absent: train.epochs."""
-    section = ml_collections.ConfigDict(cfg.train.to_dict())
-    epochs = (cfg.get("budgets") or {}).get(name, 0)
-    if epochs:
-        section.epochs = int(epochs)
-    return section
-
-
-def problems(cfg: ml_collections.ConfigDict, split: str, n: int, seed_offset: int = 0,
-             task: ml_collections.ConfigDict | None = None) -> list[envs.Problem]:
-    """`n` problems (0: all) of `split` from the task section `task` (default: cfg.task)."""
-    t = task or cfg.task
-    if t.name == "synthetic":
-        knobs = t.knobs.to_dict()
-        knobs["modulus"] = knobs.get("modulus") or None  # 0 in a config: no modulus
-        return envs.synthetic.make_problems(split, n, seed=cfg.seed + seed_offset, **knobs)
-    found = envs.load_problems(t.name, split, t.data_dir, manual_dir=t.manual_dir)
-    return found[:n] if n else found
-
-
-# ----------------------------------------------------------------------------- policies on disk
-
-
-def save_policy(model_config: model.ModelConfig, params: model.Params, tokenizer_dir: str, out: str) -> None:
-    """Collective: every process calls it, process 0 writes (`hf.save_hf`)."""
-    hf.save_hf(model_config, params, out)
-    with shared_write(f"tokenizer:{out}") as writer:
-        for name in _TOKENIZER_FILES:
-            if writer and files.exists(files.join(tokenizer_dir, name)):
-                files.path(files.join(tokenizer_dir, name)).copy(files.path(files.join(out, name)), overwrite=True)
-
-
-@contextlib.contextmanager
-def shared_write(name: str):
-    """A file every process would write alike: process 0 writes it (the block gets True), and no process
-    goes on before it is written."""
-    try:
-        yield hosts.is_writer()
-    finally:
-        hosts.barrier(f"shared_write:{name}")
-
-
-def load_policy(path: str, mesh, cfg: ml_collections.ConfigDict):
-    """(model config, params, chat format) of an HF directory; params in cfg.model.param_dtype (default:
-    the checkpoint's), compute in cfg.model.compute_dtype (default: the param dtype), remat per config."""
-    model_config, params = hf.load_hf(path, mesh=mesh, dtype=cfg.model.param_dtype or None)
-    model_config = model_config.replace(dtype=cfg.model.compute_dtype or model_config.dtype, remat=cfg.model.remat)
-    return model_config, params, chat_format(path)
-
-
-def chat_format(path: str) -> envs.ChatFormat:
-    """The chat format of an HF directory's tokenizer (tokenizers read local files: a remote one is copied)."""
-    return envs.ChatFormat.from_pretrained(files.local_input(path))
 
 
 # ----------------------------------------------------------------------------- stages
@@ -178,10 +105,6 @@ def stage_rollouts(cfg, workdir: str, mesh, ref_path: str) -> dict[str, Any]:
     return {**{k: float(v) for k, v in stats.items()}, "trajectories_total": len(records),
             "success_rate": float(np.mean(solved > 0)),
             "tokens_generated": int(sum(len(t["response_ids"]) for rec in records for t in rec["turns"]))}
-
-
-def return_config(cfg) -> returns.ReturnConfig:
-    return returns.ReturnConfig(**cfg.returns.to_dict())
 
 
 def stage_weights(cfg, workdir: str, ref_path: str, *, name: str = "drift") -> dict[str, Any]:
@@ -280,15 +203,6 @@ def stage_online_rl(cfg, workdir: str, mesh, ref_path: str, budget_seconds: floa
             "curve": progress["curve"]}
 
 
-def eval_problems(cfg) -> list[envs.Problem]:
-    return problems(cfg, cfg.eval.split, cfg.eval.num_problems, task=cfg.eval.task if cfg.eval.task.name else None)
-
-
-def curve_problems(cfg) -> list[envs.Problem]:
-    """Online RL's learning-curve problems: the dev split of the evaluation task (as many as eval.num_problems)."""
-    return problems(cfg, "dev", cfg.eval.num_problems, task=cfg.eval.task if cfg.eval.task.name else None)
-
-
 def stage_eval(cfg, workdir: str, mesh, policy_path: str, name: str) -> dict[str, Any]:
     model_config, params, chat = load_policy(policy_path, mesh, cfg)
     result = held_out.evaluate(params, model_config, chat, eval_problems(cfg), episode_config(cfg, sample=False),
@@ -369,7 +283,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, precompile: bool = False, 
                          cfg.to_json_best_effort(indent=2))
     mesh = sharding.make_mesh(cfg.mesh.to_dict())
     if precompile:  # every stage compiled on these devices first: one that does not fit stops the run here
-        from drift_jax.preflight import report as preflight  # noqa: PLC0415  (it reads problems through us)
+        from drift_jax.preflight import report as preflight  # noqa: PLC0415  (only a precompiling run needs it)
 
         preflight.precompile(cfg, mesh, files.join(workdir, "preflight.json"))
     stages = Stages(workdir, plan(cfg), on_change, is_writer=hosts.is_writer())

@@ -23,7 +23,7 @@ from absl import flags
 from drift_jax import envs, main, pipeline, stages, validate  # noqa: F401  (main: the CLI's flags)
 from drift_jax.lm import model, sharding
 from drift_jax.rollout import driver
-from drift_jax.train import batches, trainer
+from drift_jax.train import batches, trainer, update
 from tests.test_batches import make_examples
 from tests.test_pipeline import tiny_config
 
@@ -281,7 +281,7 @@ def test_corrupted_rollout_shard_recomputed_identically(done, tmp_path):
 def _train(workdir, examples, **kw):  # a tiny SFT run on 4 devices
     cfg = model.ModelConfig(vocab_size=61, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
                             mlp_dim=48)
-    tc = trainer.TrainConfig(**{**dict(lr=1e-2, warmup_steps=0, batch_size=4, seq_len=40, epochs=1, save_every=1,
+    tc = update.TrainConfig(**{**dict(lr=1e-2, warmup_steps=0, batch_size=4, seq_len=40, epochs=1, save_every=1,
                                        progress_bar=False, async_checkpoints=False), **kw})
     return trainer.run(tc, cfg, examples, lambda: model.init_params(cfg, jax.random.key(0)), workdir,
                        sharding.make_mesh({"data": 4}, jax.devices()[:4]))
@@ -349,7 +349,7 @@ def test_checkpoint_of_another_model_is_raised_not_quarantined(tmp_path):
     from drift_jax.train import checkpoint
 
     with pytest.raises(checkpoint.CheckpointMismatchError, match="expected .* found"):
-        trainer.run(trainer.TrainConfig(lr=1e-2, batch_size=4, seq_len=40, progress_bar=False), model.ModelConfig(
+        trainer.run(update.TrainConfig(lr=1e-2, batch_size=4, seq_len=40, progress_bar=False), model.ModelConfig(
             vocab_size=61, hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=48),
             examples, None, str(tmp_path / "t"), sharding.make_mesh({"data": 4}, jax.devices()[:4]))
     assert os.listdir(tmp_path / "t" / "checkpoints") == ["1"]

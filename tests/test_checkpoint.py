@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 
 from drift_jax.lm import model, sharding
-from drift_jax.train import batches, checkpoint, trainer
+from drift_jax.train import batches, checkpoint, trainer, update
 
 CFG = model.ModelConfig(
     vocab_size=61, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=48,
 )
-TC = trainer.TrainConfig(lr=1e-2, batch_size=2, seq_len=40, epochs=2, save_every=3, keep=2, progress_bar=False)
+TC = update.TrainConfig(lr=1e-2, batch_size=2, seq_len=40, epochs=2, save_every=3, keep=2, progress_bar=False)
 
 
 def _run(workdir, examples, on_step=None, mesh=None, config=TC):
@@ -121,16 +121,16 @@ def test_corrupted_latest_checkpoint_falls_back(tmp_path, examples_path, uninter
 
 
 def test_eight_device_checkpoint_restores_on_four_devices(tmp_path):
-    tx = trainer.make_optimizer(TC, 10)
+    tx = update.make_optimizer(TC, 10)
     mesh8 = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    sh8 = trainer.state_shardings(mesh8, CFG, tx)
-    state = jax.jit(lambda: trainer.init_state(model.init_params(CFG, jax.random.key(3)), tx), out_shardings=sh8)()
+    sh8 = update.state_shardings(mesh8, CFG, tx)
+    state = jax.jit(lambda: update.init_state(model.init_params(CFG, jax.random.key(3)), tx), out_shardings=sh8)()
     ckpt = checkpoint.Checkpointer(tmp_path)
     ckpt.save(7, state, {"step": 7})
     ckpt.wait()
 
     mesh4 = sharding.make_mesh({"fsdp": 2, "tensor": 2}, devices=jax.devices()[:4])
-    sh4 = trainer.state_shardings(mesh4, CFG, tx)
+    sh4 = update.state_shardings(mesh4, CFG, tx)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, sh4)
     step, restored, position = checkpoint.Checkpointer(tmp_path).restore_latest(abstract)
     assert step == 7 and position == {"step": 7}
@@ -146,21 +146,21 @@ if __name__ == "__main__":
 
 
 def _saved_state(tmp_path, cfg=CFG, steps=(3, 6)):
-    tx = trainer.make_optimizer(TC, 10)
+    tx = update.make_optimizer(TC, 10)
     mesh = sharding.make_mesh({"data": -1})
-    sh = trainer.state_shardings(mesh, cfg, tx)
-    state = trainer.sharded_state(model.init_params(cfg, jax.random.key(0)), tx, sh)
+    sh = update.state_shardings(mesh, cfg, tx)
+    state = update.sharded_state(model.init_params(cfg, jax.random.key(0)), tx, sh)
     ckpt = checkpoint.Checkpointer(tmp_path, async_save=False)
     for s in steps:
         ckpt.save(s, state, {"step": s})
     ckpt.wait()
-    return tx, sh, trainer.abstract_state(cfg, tx, sh)
+    return tx, sh, update.abstract_state(cfg, tx, sh)
 
 
 def test_shape_mismatch_is_raised_with_expected_and_found_and_nothing_moved(tmp_path):
     tx, _, _ = _saved_state(tmp_path)
     wider = CFG.replace(mlp_dim=64)
-    target = trainer.abstract_state(wider, tx, trainer.state_shardings(sharding.make_mesh({"data": -1}), wider, tx))
+    target = update.abstract_state(wider, tx, update.state_shardings(sharding.make_mesh({"data": -1}), wider, tx))
     with pytest.raises(checkpoint.CheckpointMismatchError,
                        match=r"step 6(.|\n)*params/layers/mlp/gate: expected \(2, 32, 64\) float32, found \(2, 32, 48\)"):
         checkpoint.Checkpointer(tmp_path).restore_latest(target)

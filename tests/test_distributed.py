@@ -28,10 +28,10 @@ def _train(workdir, examples):
     import jax
 
     from drift_jax.lm import model, sharding
-    from drift_jax.train import trainer
+    from drift_jax.train import trainer, update
 
     cfg = _config()
-    tc = trainer.TrainConfig(lr=1e-2, batch_size=8, micro_batches=2, seq_len=40, max_steps=4, save_every=2,
+    tc = update.TrainConfig(lr=1e-2, batch_size=8, micro_batches=2, seq_len=40, max_steps=4, save_every=2,
                              progress_bar=False)
     mesh = sharding.make_mesh(MESH)
     return trainer.run(tc, cfg, examples, lambda: model.init_params(cfg, jax.random.key(0)), workdir, mesh)

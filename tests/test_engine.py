@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import rollout_fixture as fx
 
-from drift_jax.lm import model, sampling, sharding
+from drift_jax.lm import decode_state, model, sampling, sharding
 from drift_jax.rollout import engine, episodes
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "engine_trajectories.json")
@@ -97,7 +97,7 @@ def test_engine_equals_static_engine_and_ignores_rows_chunks_and_mesh(on_mesh):
              True: (engine.EngineConfig(rows=8, chunk_steps=7, prompt_buckets=(16, 32), prefill_rows=1),
                     sharding.make_mesh({"data": 4, "tensor": 2}))}
     cfg, m = cases[on_mesh]
-    p = sampling.rollout_params(params, CFG, m)
+    p = decode_state.rollout_params(params, CFG, m)
     got, stats = _play(lambda v: engine.run(p, CFG, jobs, v, cfg, mesh=m, **kw), jobs, success)
     assert got.keys() == static.keys()
     for key in static:
@@ -153,7 +153,7 @@ def test_sampler_logprobs_equal_training_forward(dtype, tol):
     config = CFG.replace(dtype=dtype)
     params = _params()
     jobs, success = _workload(3, 2, 3, seed=2)
-    p = sampling.rollout_params(params, config, None)
+    p = decode_state.rollout_params(params, config, None)
     turns, _ = _play(lambda v: engine.run(p, config, jobs, v, engine.EngineConfig(rows=4, chunk_steps=6, prompt_buckets=(32,)),
                                           rule=RULE, forced=FORCED, max_new_tokens=8), jobs, success)
     assert _rescored(params, config, jobs, turns) <= tol
@@ -202,11 +202,11 @@ def _loop_collectives(hlo: str, op: str = "all-gather") -> list[str]:
 
 def _compiled_decode(params, config, mesh):
     b, s = 8, 64
-    state = sampling.init_state(config, b, s, mesh=mesh)
+    state = decode_state.init_state(config, b, s, mesh=mesh)
     rows = sampling.new_rows(sampling.row_keys(jax.random.key(0), b), np.full((b, 1), 4))
-    rows = jax.tree.map(lambda x: jax.device_put(x, sampling._rows(mesh, np.shape(x))), rows)
+    rows = jax.tree.map(lambda x: jax.device_put(x, decode_state._rows(mesh, np.shape(x))), rows)
     plan = sampling.Plan(RULE, tuple(FORCED), 4)
-    with sampling._in_layout(mesh):
+    with decode_state._in_layout(mesh):
         fn = sampling._decode_fn(config, mesh, b, s, 1, plan)
         return fn.lower(params, state=state, rows=rows).compile().as_text()
 
@@ -229,6 +229,6 @@ def test_decode_all_gathers_no_weights(shape):
     if shape["tensor"] == 1:
         hlo = _compiled_decode(train_params, config, mesh)
         assert weight_gathers(re.findall(r"= (\S+) all-gather(?:-start)?\(", hlo))  # the test can fail
-    hlo = _compiled_decode(sampling.rollout_params(train_params, config, mesh), config, mesh)
+    hlo = _compiled_decode(decode_state.rollout_params(train_params, config, mesh), config, mesh)
     assert weight_gathers(re.findall(r"= (\S+) all-gather(?:-start)?\(", hlo)) == []
     assert weight_gathers(_loop_collectives(hlo)) == []

@@ -10,7 +10,7 @@ import ml_collections
 import rollout_fixture as fx
 
 from configs import quickstart
-from drift_jax import evaluate, pipeline
+from drift_jax import evaluate, stage_io
 
 ROOT = pathlib.Path(__file__).parents[1]
 
@@ -34,7 +34,7 @@ def _keep(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> ml_collectio
 
 
 def test_command_line(tmp_path):
-    pipeline.save_policy(fx.CFG, fx.params(4), str(pipeline.envs.SYNTHETIC_TOKENIZER), str(tmp_path / "policy"))
+    stage_io.save_policy(fx.CFG, fx.params(4), str(stage_io.envs.SYNTHETIC_TOKENIZER), str(tmp_path / "policy"))
     out = _cli(f"--policy={tmp_path / 'policy'}", "--num_problems=6", "--max_turns=2", "--max_new_tokens=4",
                f"--out={tmp_path / 'eval.json'}")
     line = json.loads(out.stdout.strip().splitlines()[-1])
@@ -50,10 +50,10 @@ def test_a_runs_policy_is_evaluated_on_the_runs_eval_problems(tmp_path):
     pipeline workdir now gets exactly the problems of the pipeline's eval_<method>.json."""
     cfg = _run_config()
     _keep(cfg, tmp_path / "run")
-    pipeline.save_policy(fx.CFG, fx.params(4), str(pipeline.envs.SYNTHETIC_TOKENIZER), str(tmp_path / "run" / "drift" / "hf"))
+    stage_io.save_policy(fx.CFG, fx.params(4), str(stage_io.envs.SYNTHETIC_TOKENIZER), str(tmp_path / "run" / "drift" / "hf"))
     _cli(f"--policy={tmp_path / 'run' / 'drift' / 'hf'}", f"--out={tmp_path / 'eval.json'}")
     full = json.loads((tmp_path / "eval.json").read_text())
-    want = pipeline.eval_problems(cfg)
+    want = stage_io.eval_problems(cfg)
     assert full["problem_ids"] == [p.id for p in want] and want[0].question.startswith("max ")
     assert len(want[0].question.split()) == 5  # four operands, from the run's knobs
     assert full["task"]["knobs"]["ops"] == ["max"] and full["task"]["seed"] == 3 and set(full) >= {"multi@2"}
@@ -64,19 +64,19 @@ def test_flags_over_the_run(tmp_path):
     run = _keep(cfg, tmp_path)
     assert evaluate.find_run(str(tmp_path / "drift" / "hf")) == str(tmp_path)
     assert evaluate.find_run(str(tmp_path.parent)) is None
-    same = pipeline.eval_problems(evaluate.eval_config(run, {}))
-    assert same == pipeline.eval_problems(cfg)
+    same = stage_io.eval_problems(evaluate.eval_config(run, {}))
+    assert same == stage_io.eval_problems(cfg)
     # --task=synthetic names the run's task: its knobs stay
-    assert pipeline.eval_problems(evaluate.eval_config(run, {"task": "synthetic"})) == same
-    dev = pipeline.eval_problems(evaluate.eval_config(run, {"split": "dev"}))
+    assert stage_io.eval_problems(evaluate.eval_config(run, {"task": "synthetic"})) == same
+    dev = stage_io.eval_problems(evaluate.eval_config(run, {"split": "dev"}))
     assert len(dev) == 20 and not {p.id for p in dev} & {p.id for p in same}
     assert all(len(p.question.split()) == 5 for p in dev)
     other = evaluate.eval_config(run, {"task_knobs": {"num_operands": 3, "ops": ["max"], "modulus": 0}})
-    assert all(len(p.question.split()) == 4 for p in pipeline.eval_problems(other))
+    assert all(len(p.question.split()) == 4 for p in stage_io.eval_problems(other))
     bare = evaluate.eval_config(None, {"task": "synthetic", "split": "test", "num_problems": 0, "data_dir": "",
                                        "max_turns": 5, "max_new_tokens": 8, "feedback": "No."})
-    problems = pipeline.eval_problems(bare)
-    assert len(problems) == 500 and problems == pipeline.envs.synthetic.make_problems("test", 500)
+    problems = stage_io.eval_problems(bare)
+    assert len(problems) == 500 and problems == stage_io.envs.synthetic.make_problems("test", 500)
 
 
 def test_the_checks_use_the_runs_knobs_and_seed(tmp_path):
@@ -87,7 +87,7 @@ def test_the_checks_use_the_runs_knobs_and_seed(tmp_path):
     from drift_jax import validate
 
     short = fx.CFG.replace(max_position_embeddings=256)
-    pipeline.save_policy(short, fx.params(4), str(pipeline.envs.SYNTHETIC_TOKENIZER), str(tmp_path / "policy"))
+    stage_io.save_policy(short, fx.params(4), str(stage_io.envs.SYNTHETIC_TOKENIZER), str(tmp_path / "policy"))
     kw = dict(policy=str(tmp_path / "policy"), task="synthetic", split="test", num_problems=6, manual_dir=None,
               max_turns=2, max_new_tokens=4, feedback="Incorrect.", rows_per_batch=8, dtype=None, mesh={"data": -1})
     validate.check_evaluate(**kw, seed=3)  # a+b mod 5: short questions fit

@@ -13,7 +13,7 @@ from drift_jax import envs
 from drift_jax.baselines import online_rl
 from drift_jax.lm import model, sharding
 from drift_jax.rollout import episodes, returns, supervision
-from drift_jax.train import batches, checkpoint, trainer
+from drift_jax.train import batches, checkpoint, update
 from tests.test_batches import make_examples
 
 CFG = model.ModelConfig(
@@ -82,7 +82,7 @@ def test_signed_weights_with_unit_mass_give_the_policy_gradient_loss():
     batch = batcher.host_batch(0)
     assert batch["row_weight"].sum() == 8  # the mass, not the (zero) sum of advantages
     tx = optax.sgd(1.0)
-    _, metrics = jax.jit(functools.partial(trainer.train_step, model_config=CFG, tx=tx))(trainer.init_state(params, tx), batch)
+    _, metrics = jax.jit(functools.partial(update.train_step, model_config=CFG, tx=tx))(update.init_state(params, tx), batch)
     nll = -np.array([_logprob(params, e) for e in examples])
     np.testing.assert_allclose(metrics["loss"], np.sum(adv * nll) / 8, rtol=1e-5)
 
@@ -94,7 +94,7 @@ def _loop_setup():
     ref = model.init_params(cfg, jax.random.key(0))
     probs = envs.synthetic.make_problems("train", 6, seed=0, num_operands=2, max_digits=1, modulus=None, ops=("max",))
     episode = episodes.EpisodeConfig(max_turns=2, max_new_tokens=4, temperature=1.0)
-    tc = trainer.TrainConfig(lr=1e-2, warmup_steps=0, batch_size=8, seq_len=64, loss_reduction="token_sum",
+    tc = update.TrainConfig(lr=1e-2, warmup_steps=0, batch_size=8, seq_len=64, loss_reduction="token_sum",
                              progress_bar=False, async_checkpoints=False)
     return chat, cfg, ref, probs, episode, tc
 
@@ -118,8 +118,8 @@ def _kl_of_iteration(workdir, it):
     policy checkpointed after `it` iterations: replays the iteration's sampling, scores with model.logits."""
     chat, cfg, ref, probs, episode, tc = _loop_setup()
     mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:2])
-    tx = trainer.make_optimizer(tc, total_steps=1 << 30)
-    target = trainer.abstract_state(cfg, tx, trainer.state_shardings(mesh, cfg, tx))
+    tx = update.make_optimizer(tc, total_steps=1 << 30)
+    target = update.abstract_state(cfg, tx, update.state_shardings(mesh, cfg, tx))
     manager = checkpoint.Checkpointer(workdir / "checkpoints").manager
     policy = manager.restore(it, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                          data=ocp.args.JsonRestore()))["state"].params
@@ -194,14 +194,14 @@ def test_stop_rule_past_the_budget():
 
 def test_learning_rate_reaches_its_value_after_warmup_whatever_the_budget():
     # warmup_ratio is of max_iterations; lr 1e-3 is reached at step 10 of 100 and then stays.
-    cfg, total = online_rl._constant_schedule(trainer.TrainConfig(lr=1e-3, warmup_ratio=0.1),
+    cfg, total = online_rl._constant_schedule(update.TrainConfig(lr=1e-3, warmup_ratio=0.1),
                                               online_rl.OnlineRLConfig(max_iterations=100))
-    schedule = trainer.lr_schedule(cfg, total)
+    schedule = update.lr_schedule(cfg, total)
     assert float(schedule(5)) == pytest.approx(5e-4) and float(schedule(10)) == pytest.approx(1e-3)
     assert float(schedule(10_000)) == pytest.approx(1e-3)
-    cfg, total = online_rl._constant_schedule(trainer.TrainConfig(lr=1e-3, warmup_steps=5), online_rl.OnlineRLConfig())
-    assert float(trainer.lr_schedule(cfg, total)(5)) == pytest.approx(1e-3)
+    cfg, total = online_rl._constant_schedule(update.TrainConfig(lr=1e-3, warmup_steps=5), online_rl.OnlineRLConfig())
+    assert float(update.lr_schedule(cfg, total)(5)) == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="warmup_ratio needs max_iterations"):
-        online_rl._constant_schedule(trainer.TrainConfig(warmup_ratio=0.1), online_rl.OnlineRLConfig())
+        online_rl._constant_schedule(update.TrainConfig(warmup_ratio=0.1), online_rl.OnlineRLConfig())
     with pytest.raises(ValueError, match="schedule must be 'constant'"):
-        online_rl._constant_schedule(trainer.TrainConfig(schedule="cosine", warmup_steps=0), online_rl.OnlineRLConfig())
+        online_rl._constant_schedule(update.TrainConfig(schedule="cosine", warmup_steps=0), online_rl.OnlineRLConfig())

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from configs import quickstart
-from drift_jax import pipeline, stages, validate
+from drift_jax import pipeline, stage_io, stages, validate
 from drift_jax.evaluation import held_out
 from drift_jax.lm import sharding
 
@@ -117,15 +117,15 @@ def test_online_rl_gets_a_budget_from_drift_and_a_curve_in_the_report(tmp_path):
     assert orl["wall_seconds"] >= orl["budget_seconds"] and orl["iterations"] >= 1
     # The curve is measured on the dev split, never on the test problems: its first point is the
     # reference and its last the final policy, each evaluated here on dev.
-    dev, test = pipeline.curve_problems(cfg), pipeline.eval_problems(cfg)
+    dev, test = stage_io.curve_problems(cfg), stage_io.eval_problems(cfg)
     assert len(dev) == cfg.eval.num_problems and not {p.id for p in dev} & {p.id for p in test}
     mesh = sharding.make_mesh(cfg.mesh.to_dict())
 
     def on_dev(path):
-        model_config, params, chat = pipeline.load_policy(str(path), mesh, cfg)
-        return held_out.evaluate(params, model_config, chat, dev, pipeline.episode_config(cfg, sample=False),
+        model_config, params, chat = stage_io.load_policy(str(path), mesh, cfg)
+        return held_out.evaluate(params, model_config, chat, dev, stage_io.episode_config(cfg, sample=False),
                                  mesh=mesh, rows_per_batch=cfg.eval.rows_per_batch,
-                                 engine=pipeline.engine_config(cfg.eval))["multi@2"]
+                                 engine=stage_io.engine_config(cfg.eval))["multi@2"]
 
     assert orl["curve"][0] == [0.0, on_dev(tmp_path / "reference" / "hf")]
     assert orl["curve"][-1][1] == on_dev(tmp_path / "online_rl" / "hf")

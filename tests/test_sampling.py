@@ -7,7 +7,7 @@ import pytest
 import torch
 from tiny_hf import make_tiny_hf
 
-from drift_jax.lm import generate, hf, model, sampling, sharding
+from drift_jax.lm import decode_state, generate, hf, model, sampling, sharding
 
 CFG = model.ModelConfig(
     vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=48,
@@ -146,7 +146,7 @@ def test_mesh_of_8_devices_equals_one_device():
     for a, b in zip(eight.logprobs, one.logprobs):
         np.testing.assert_allclose(a, b, atol=1e-4)
     # The cache really is sharded by the rules table: batch over data, kv heads over tensor.
-    state = sampling.init_state(CFG, 8, 16, mesh=mesh)
+    state = decode_state.init_state(CFG, 8, 16, mesh=mesh)
     want = jax.sharding.PartitionSpec(None, "data", None, "tensor", None)
     assert state.cache.k_LxBxSxKxH.sharding.spec == want
 
@@ -187,7 +187,7 @@ def test_full_cache_is_reported_not_silently_truncated(params):
     state, again = sampling.decode(params, CFG, state, keys, max_new_tokens=4)
     np.testing.assert_array_equal(again.num_tokens_B, [0, 0])
     np.testing.assert_array_equal(again.truncated_B, [True, True])
-    state = sampling.init_state(CFG, 2, 16)
+    state = decode_state.init_state(CFG, 2, 16)
     state, overflow = sampling.extend(params, CFG, state, np.ones((2, 12), np.int32), [12, 3])
     _, overflow = sampling.extend(params, CFG, state, np.ones((2, 6), np.int32), [6, 6])
     np.testing.assert_array_equal(overflow, [True, False])

@@ -9,7 +9,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 import jax, jax.numpy as jnp, numpy as np
 from jax.experimental import topologies
 from jax.sharding import Mesh
-from drift_jax.lm import model, presets, sampling, sharding
+from drift_jax.lm import decode_state, model, presets, sampling, sharding
 from drift_jax.rollout import engine
 t0 = time.time()
 devs = topologies.get_topology_desc(platform="tpu", topology_name="v5e:4x8", chip_config_name="default",
@@ -19,17 +19,17 @@ cfg = presets.config("qwen2_5_3b").replace(param_dtype="float32", dtype="bfloat1
 steps = int(sys.argv[1]) if len(sys.argv) > 1 else 4
 rows, length = 512, engine.cache_length(engine.EngineConfig(prompt_buckets=(128, 256, 512, 1024)), 5, 512, 16)
 shapes = jax.eval_shape(lambda: jax.tree.map(lambda x: x.astype(jnp.bfloat16), model.init_params(cfg, jax.random.key(0))))
-layout = sharding.RULES if "train" in sys.argv[2:] else sampling.RULES
+layout = sharding.RULES if "train" in sys.argv[2:] else decode_state.RULES
 with sharding.use_rules(layout):
     psh = sharding.tree_shardings(mesh, model.param_logical_axes(cfg), shapes)
 params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, psh)
-st_shape = jax.eval_shape(lambda: sampling._empty_state(cfg, rows, length))
+st_shape = jax.eval_shape(lambda: decode_state._empty_state(cfg, rows, length))
 st = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), st_shape,
-                  sampling._state_shardings(mesh, cfg, rows, length))
-row = lambda *shape, dtype=jnp.int32: jax.ShapeDtypeStruct((rows, *shape), dtype, sharding=sampling._rows(mesh, (rows, *shape)))
+                  decode_state._state_shardings(mesh, cfg, rows, length))
+row = lambda *shape, dtype=jnp.int32: jax.ShapeDtypeStruct((rows, *shape), dtype, sharding=decode_state._rows(mesh, (rows, *shape)))
 rws = sampling.Rows(row(2, dtype=jnp.uint32), row(), row(), row(), row(), row(dtype=jnp.bool_), row(5))
 plan = sampling.Plan(sampling.Sampling(temperature=1.0, stop_tokens=(151645,)), tuple(range(16)), steps)
-with sampling._in_layout(mesh):
+with decode_state._in_layout(mesh):
     fn = sampling._decode_fn(cfg, mesh, rows, length, 5, plan)
     hlo = fn.lower(params, state=st, rows=rws).compile().as_text()
 import test_engine as te

@@ -9,12 +9,12 @@ online, so the two can be compared on one task at matched or larger compute:
         R'_i = R_i - kl_coef * sum_t [log pi(a_t) - log pi_ref(a_t)]            (k1 estimate over the sampled
                                           tokens; log pi as the sampler computed it, log pi_ref by one forward)
         A_i  = R'_i - mean of R' over the problem's K samples  (/ their std if scale_by_std, as GRPO)
-        one optimiser step on  sum_i A_i * NLL_i / (P K)  over every assistant turn  -> trainer.train_step
+        one optimiser step on  sum_i A_i * NLL_i / (P K)  over every assistant turn  -> update.train_step
 
 All of an iteration's trajectories go into one optimiser step (the batch must hold them; if it cannot,
 the extra steps are taken on the same samples and logged), so the gradient is exactly on-policy and no
 importance ratio or clipping is needed. Sampler and trainer are the library's own: `run_episodes` and
-`trainer.compile_train_step` with `batches.Batcher` batches whose examples carry weight A_i and mass 1.
+`update.compile_train_step` with `batches.Batcher` batches whose examples carry weight A_i and mass 1.
 
 Budget: only sampling, scoring and training count towards `budget_seconds` (learning-curve evaluations
 do not). At the budget the run stops unless its held-out multi@k is still rising, up to
@@ -38,7 +38,7 @@ from drift_jax.envs import ChatFormat, Problem
 from drift_jax.lm.model import ModelConfig, Params
 from drift_jax.rollout import episodes, returns, supervision
 from drift_jax.runtime import files, hosts
-from drift_jax.train import batches, checkpoint, trainer
+from drift_jax.train import batches, checkpoint, trainer, update
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def advantages(returns_N: np.ndarray, groups_N: np.ndarray, *, scale_by_std: boo
 def _target_logprobs(params: Params, model_config: ModelConfig, batch: dict[str, jax.Array]) -> jax.Array:
     """log p(target) at every scored position of a packed [M, R, T] batch (0 elsewhere), one micro-batch at a time."""
 
-    return jax.lax.map(functools.partial(trainer.target_logprobs, params, model_config),
+    return jax.lax.map(functools.partial(update.target_logprobs, params, model_config),
                        {k: batch[k] for k in ("tokens", "positions", "segment_ids", "targets", "scored")})
 
 
@@ -116,7 +116,7 @@ def rl_example(record: dict[str, Any], end_of_turn: int, stop_tokens: Sequence[i
             "group_id": record["problem_id"], "example_id": f"{record['problem_id']}/{record['sample']}"}
 
 
-def _constant_schedule(train_config: trainer.TrainConfig, config: OnlineRLConfig) -> tuple[trainer.TrainConfig, int]:
+def _constant_schedule(train_config: update.TrainConfig, config: OnlineRLConfig) -> tuple[update.TrainConfig, int]:
     """(train config, total steps) for a run whose length the budget decides: a constant learning rate
     after `warmup_steps`, or after `warmup_ratio` of `max_iterations` when that is set. A ratio of an
     unknown length would be a ratio of a placeholder (it once left the lr near zero for 2^30 steps)."""
@@ -144,7 +144,7 @@ def _should_stop(config: OnlineRLConfig, progress: dict[str, Any]) -> bool:
 
 def run(
     config: OnlineRLConfig,
-    train_config: trainer.TrainConfig,
+    train_config: update.TrainConfig,
     model_config: ModelConfig,
     chat: ChatFormat,
     ref_params: Params,
@@ -168,17 +168,17 @@ def run(
     k = config.samples_per_problem
     rows_per_iteration = config.problems_per_iteration * k
     batch_config = dataclasses.replace(train_config.batch_config(), drop_remainder=False)
-    tx = trainer.make_optimizer(*_constant_schedule(train_config, config))
-    state_sh = trainer.state_shardings(mesh, model_config, tx)
-    batch_sh = trainer.batch_shardings(mesh, batches.batch_shapes(batch_config))
-    step_fn = trainer.compile_train_step(model_config, tx, mesh, state_sh, batch_sh)
+    tx = update.make_optimizer(*_constant_schedule(train_config, config))
+    state_sh = update.state_shardings(mesh, model_config, tx)
+    batch_sh = update.batch_shardings(mesh, batches.batch_shapes(batch_config))
+    step_fn = update.compile_train_step(model_config, tx, mesh, state_sh, batch_sh)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=2, async_save=False)
-    restored = ckpt.restore_latest(trainer.abstract_state(model_config, tx, state_sh))
+    restored = ckpt.restore_latest(update.abstract_state(model_config, tx, state_sh))
     if restored is not None:
         _, state, progress = restored
         log.info("online RL resumed at iteration %d (%.0fs spent)", progress["iteration"], progress["seconds"])
     else:
-        state = trainer.sharded_state(ref_params, tx, state_sh)
+        state = update.sharded_state(ref_params, tx, state_sh)
         progress = {"iteration": 0, "seconds": 0.0, "tokens_generated": 0, "tokens_trained": 0, "optimizer_steps": 0,
                     "curve": [{"iteration": 0, "seconds": 0.0, "value": evaluate(state.params)}]}
     writer = trainer.MetricWriter(workdir)

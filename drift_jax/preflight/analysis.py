@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from drift_jax.preflight import hlo
+from drift_jax.preflight import hlo, hlo_costs
 from drift_jax.preflight.chips import Chip
 from drift_jax.preflight.programs import Program
 
@@ -120,7 +120,7 @@ def _costs(compiled, loop_body: bool) -> tuple[float, float, hlo.Program]:
     return float(step["flops"] * scale), float(step["bytes accessed"]), program
 
 
-def _traffic(c: hlo.Collective) -> float:
+def _traffic(c: hlo_costs.Collective) -> float:
     """Bytes a chip sends for one collective over a ring of its group: all-reduce twice the buffer; a
     collective-permute (the compiler's windowed matmuls gather a weight shard by shard) its buffer."""
     if c.opcode == "collective-permute":

@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
-from drift_jax.lm import model, presets, sampling, sharding
+from drift_jax.lm import decode_state, model, presets, sampling, sharding
 from drift_jax.lm.model import ModelConfig
 from drift_jax.lm.sample import Sampling
 from drift_jax.rollout import engine as engine_lib
-from drift_jax.train import batches, trainer
+from drift_jax.train import batches, update
 
 # The batch as Batcher.make_row fills it.
 _BATCH_DTYPES = {"tokens": jnp.int32, "targets": jnp.int32, "token_weight": jnp.float32, "scored": jnp.bool_,
@@ -51,7 +51,7 @@ class Program:
     tokens_per_step: int  # global: rows x new tokens
     knobs: tuple[str, ...]  # config fields that shrink its memory
     per_loop_trip: bool = False  # decode: a step is one trip of the program's loop (one token per row)
-    model_flops_per_step: float = 0.0  # train: 6N + causal attention per token (trainer.flops_per_token) x tokens
+    model_flops_per_step: float = 0.0  # train: 6N + causal attention per token (update.flops_per_token) x tokens
     resident: Any = None  # abstract arrays the stage holds on the chips besides the program's own
 
 
@@ -69,7 +69,7 @@ def model_configs(cfg: ml_collections.ConfigDict) -> tuple[ModelConfig, ModelCon
 
     vocab = envs.ChatFormat.from_pretrained(m.tokenizer_path or envs.SYNTHETIC_TOKENIZER).tokenizer.get_vocab_size()
     s = m.scratch
-    # As pipeline.stage_reference builds it, and load_policy then reloads it.
+    # As pipeline.stage_reference builds it, and stage_io.load_policy then reloads it.
     reference = ModelConfig(
         vocab_size=vocab, hidden_size=s.hidden_size, num_layers=s.num_layers, num_heads=s.num_heads,
         num_kv_heads=s.num_kv_heads, head_dim=s.hidden_size // s.num_heads, mlp_dim=s.mlp_dim, qkv_bias=True,
@@ -84,17 +84,17 @@ def model_configs(cfg: ml_collections.ConfigDict) -> tuple[ModelConfig, ModelCon
 
 
 def _struct(mesh: Mesh, shape: tuple[int, ...], dtype, names) -> jax.ShapeDtypeStruct:
-    with sharding.use_rules(sampling.RULES):
+    with sharding.use_rules(decode_state.RULES):
         return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.named_sharding(mesh, names, shape))
 
 
 def rollout_params(config: ModelConfig, mesh: Mesh) -> Any:
-    """Params as `sampling.rollout_params` lays them out: compute dtype, the sampler's table."""
+    """Params as `decode_state.rollout_params` lays them out: compute dtype, the sampler's table."""
     shapes = jax.eval_shape(functools.partial(model.init_params, config), jax.random.key(0))
     dt = jnp.dtype(config.dtype)
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dt if jnp.issubdtype(x.dtype, jnp.floating)
                                                          else x.dtype), shapes)
-    with sharding.use_rules(sampling.RULES):
+    with sharding.use_rules(decode_state.RULES):
         return abstract(shapes, sharding.tree_shardings(mesh, model.param_logical_axes(config), shapes))
 
 
@@ -113,9 +113,9 @@ def episode_programs(cfg, config: ModelConfig, mesh: Mesh, shapes: Shapes, engin
     forced = shapes.feedback_tokens + 1  # the end-of-turn token, then the feedback
     length = engine_lib.cache_length(engine, cfg.max_turns, cfg.max_new_tokens, forced, bucket)
     params = rollout_params(config, mesh)
-    with sharding.use_rules(sampling.RULES):
-        state = abstract(jax.eval_shape(lambda: sampling._empty_state(config, rows, length)),
-                         sampling._state_shardings(mesh, config, rows, length))
+    with sharding.use_rules(decode_state.RULES):
+        state = abstract(jax.eval_shape(lambda: decode_state._empty_state(config, rows, length)),
+                         decode_state._state_shardings(mesh, config, rows, length))
     knobs = (rows_knob, "max_new_tokens", "max_turns", "mesh")
     p, k = engine.prefill_rows, min(group_size, rows)
     refill = Program(f"{stage}_prefill", sampling._refill_fn(config, mesh, rows, length), (params,), {
@@ -136,38 +136,38 @@ def episode_programs(cfg, config: ModelConfig, mesh: Mesh, shapes: Shapes, engin
 # ----------------------------------------------------------------------------- training
 
 
-def train_state(section: ml_collections.ConfigDict, config: ModelConfig, mesh: Mesh) -> tuple[trainer.TrainConfig, Any]:
+def train_state(section: ml_collections.ConfigDict, config: ModelConfig, mesh: Mesh) -> tuple[update.TrainConfig, Any]:
     """(the section's TrainConfig, its abstract train state laid out as the trainer lays it out)."""
-    tc = trainer.TrainConfig(**{**section.to_dict(), "async_checkpoints": False})
-    tx = trainer.make_optimizer(tc, total_steps=1000)
-    return tc, trainer.abstract_state(config, tx, trainer.state_shardings(mesh, config, tx))
+    tc = update.TrainConfig(**{**section.to_dict(), "async_checkpoints": False})
+    tx = update.make_optimizer(tc, total_steps=1000)
+    return tc, update.abstract_state(config, tx, update.state_shardings(mesh, config, tx))
 
 
 def train_program(section: ml_collections.ConfigDict, config: ModelConfig, mesh: Mesh, *, stage: str,
                   knob_prefix: str, resident: Any = None) -> Program:
     """The weighted-SFT step of a train section (the trainer's own jit: shardings, donation)."""
-    tc = trainer.TrainConfig(**{**section.to_dict(), "async_checkpoints": False})
-    tx = trainer.make_optimizer(tc, total_steps=1000)
-    state_sh = trainer.state_shardings(mesh, config, tx)
+    tc = update.TrainConfig(**{**section.to_dict(), "async_checkpoints": False})
+    tx = update.make_optimizer(tc, total_steps=1000)
+    state_sh = update.state_shardings(mesh, config, tx)
     shapes = batches.batch_shapes(tc.batch_config())
-    batch_sh = trainer.batch_shardings(mesh, shapes, knob=f"{knob_prefix}.batch_size / {knob_prefix}.micro_batches")
+    batch_sh = update.batch_shardings(mesh, shapes, knob=f"{knob_prefix}.batch_size / {knob_prefix}.micro_batches")
     batch = {k: jax.ShapeDtypeStruct(shapes[k], _BATCH_DTYPES[k], sharding=batch_sh[k]) for k in shapes}
-    fn = trainer.compile_train_step(config, tx, mesh, state_sh, batch_sh)
+    fn = update.compile_train_step(config, tx, mesh, state_sh, batch_sh)
     tokens = tc.batch_size * tc.seq_len
     knobs = (f"{knob_prefix}.micro_batches", "model.remat", f"{knob_prefix}.batch_size", f"{knob_prefix}.seq_len", "mesh")
-    return Program(stage, fn, (trainer.abstract_state(config, tx, state_sh), batch), {}, config, tokens, knobs,
-                   model_flops_per_step=trainer.flops_per_token(config, tc.seq_len) * tokens, resident=resident)
+    return Program(stage, fn, (update.abstract_state(config, tx, state_sh), batch), {}, config, tokens, knobs,
+                   model_flops_per_step=update.flops_per_token(config, tc.seq_len) * tokens, resident=resident)
 
 
 def logprobs_program(section: ml_collections.ConfigDict, config: ModelConfig, mesh: Mesh, *, stage: str,
                      knob_prefix: str, resident: Any = None) -> Program:
     """Online RL's KL term: the reference's log-probs of a training batch (`online_rl._target_logprobs`,
-    one forward per micro-batch), the reference held as `pipeline.load_policy` holds it (training table)."""
+    one forward per micro-batch), the reference held as `stage_io.load_policy` holds it (training table)."""
     from drift_jax.baselines import online_rl
 
     tc, state = train_state(section, config, mesh)
     shapes = batches.batch_shapes(tc.batch_config())
-    batch_sh = trainer.batch_shardings(mesh, shapes, knob=f"{knob_prefix}.batch_size / {knob_prefix}.micro_batches")
+    batch_sh = update.batch_shardings(mesh, shapes, knob=f"{knob_prefix}.batch_size / {knob_prefix}.micro_batches")
     batch = {k: jax.ShapeDtypeStruct(shapes[k], _BATCH_DTYPES[k], sharding=batch_sh[k]) for k in shapes}
     tokens = tc.batch_size * tc.seq_len
     knobs = (f"{knob_prefix}.micro_batches", f"{knob_prefix}.batch_size", f"{knob_prefix}.seq_len", "mesh")
@@ -185,12 +185,12 @@ def programs(cfg: ml_collections.ConfigDict, mesh: Mesh, shapes: Shapes) -> list
     if reference is not None:
         out.append(train_program(cfg.reference.train, reference, mesh, stage="reference_train",
                                  knob_prefix="reference.train"))
-    from drift_jax import pipeline
+    from drift_jax import stage_io
 
     r = cfg.rollout
     sample = Sampling(float(r.temperature), int(r.top_k), float(r.top_p), tuple(shapes.stop_tokens), shapes.pad_id)
     if any(m in cfg.methods for m in ("drift", "sft_rollouts", "rft")):
-        out += episode_programs(cfg, policy, mesh, shapes, pipeline.engine_config(r), stage="rollout",
+        out += episode_programs(cfg, policy, mesh, shapes, stage_io.engine_config(r), stage="rollout",
                                 group_size=r.num_samples, rule=sample, rows_knob="rollout.rows_per_batch")
     if any(m in cfg.methods for m in ("drift", "sft_rollouts", "rft", "sft")):
         out.append(train_program(cfg.train, policy, mesh, stage="train", knob_prefix="train"))
@@ -208,6 +208,6 @@ def programs(cfg: ml_collections.ConfigDict, mesh: Mesh, shapes: Shapes) -> list
         out.append(train_program(o.train, policy, mesh, stage="online_rl_train", knob_prefix="online_rl.train",
                                  resident=state.params))
     greedy = dataclasses.replace(sample, temperature=0.0, top_k=0, top_p=1.0)
-    out += episode_programs(cfg, policy, mesh, shapes, pipeline.engine_config(cfg.eval), stage="eval", group_size=1,
+    out += episode_programs(cfg, policy, mesh, shapes, stage_io.engine_config(cfg.eval), stage="eval", group_size=1,
                             rule=greedy, rows_knob="eval.rows_per_batch")
     return out

@@ -71,7 +71,7 @@ def _fmt(x: float | None, unit: float, digits: int = 2, suffix: str = "") -> str
 def data_shapes(cfg: ml_collections.ConfigDict, default: Shapes = Shapes()) -> Shapes:
     """The longest prompt and the feedback message measured on the run's tokenizer and problems where
     they are on this machine; `default`'s figures for what is not."""
-    from drift_jax import envs, pipeline
+    from drift_jax import envs, stage_io
 
     path = cfg.model.hf_path or cfg.model.tokenizer_path or (
         "" if cfg.model.get("preset", "") else envs.SYNTHETIC_TOKENIZER)
@@ -86,7 +86,7 @@ def data_shapes(cfg: ml_collections.ConfigDict, default: Shapes = Shapes()) -> S
     shapes = dataclasses.replace(default, feedback_tokens=feedback, stop_tokens=tuple(chat.stop_token_ids),
                                  pad_id=chat.pad_id)
     try:
-        problems = pipeline.problems(cfg, "train", cfg.rollout.num_problems) + pipeline.eval_problems(cfg)
+        problems = stage_io.problems(cfg, "train", cfg.rollout.num_problems) + stage_io.eval_problems(cfg)
     except Exception as e:  # noqa: BLE001  (task data not on this machine)
         log.warning("preflight: task data not found (%s); assuming prompts of %d tokens", e, default.prompt_tokens)
         return shapes

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from drift_jax.lm import generate, sampling
+from drift_jax.lm import decode_state, generate, sampling
 from drift_jax.lm.model import ModelConfig, Params
 
 
@@ -103,7 +103,7 @@ def run(
     """Plays every job to its end, calling `verify` on each ended turn in the order turns end.
     `forced`: the end-of-turn token then the feedback tokens (fed before every turn after the first;
     the end-of-turn token only when the previous turn was cut at its budget). `params` must already be
-    in the sampler's layout (`sampling.rollout_params`)."""
+    in the sampler's layout (`decode_state.rollout_params`)."""
     stats = Stats()
     if not jobs:
         return stats
@@ -125,7 +125,7 @@ def run(
     plan = sampling.Plan(rule, tuple(int(t) for t in forced), cfg.chunk_steps)
 
     widths = row_widths(b, cfg.row_buckets, split)
-    state = sampling.init_state(config, b, s, mesh=mesh)
+    state = decode_state.init_state(config, b, s, mesh=mesh)
     idle_keys = jax.random.wrap_key_data(np.zeros((b, 2), np.uint32))
     rows = sampling.new_rows(idle_keys, np.ones((b, max_turns), np.int32), active_B=np.zeros(b, bool))
     busy = _Busy(np.full(b, -1), [None] * b, np.zeros(b, np.int32))

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from drift_jax.envs import DEFAULT_FEEDBACK, ChatFormat, Env, Problem, verify
-from drift_jax.lm import sampling
+from drift_jax.lm import decode_state, sampling
 from drift_jax.lm.model import ModelConfig, Params
 from drift_jax.rollout import engine as engine_lib
 
@@ -137,7 +137,7 @@ def run_episodes(
 
     kw = dict(rule=_rule(config, chat), forced=[chat.end_of_turn_id] + list(feedback_ids),
               max_new_tokens=config.max_new_tokens, mesh=mesh)
-    params = sampling.rollout_params(params, model_config, mesh)
+    params = decode_state.rollout_params(params, model_config, mesh)
     if static:
         engine_lib.run_static(params, model_config, jobs, on_turn, engine.rows, **kw)
     else:
