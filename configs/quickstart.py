@@ -56,10 +56,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.budgets = dict(drift=8, sft_rollouts=8, rft=5, sft=8)
     # Online multi-turn RL: 32 problems x 8 samples per iteration from the current policy, one on-policy
     # step each; budget 4x DRIFT's wall time (or budget_seconds when DRIFT is not run), extended up to 2x
-    # while its multi@5 on the dev split still rises. kl_coef and lr come from an earlier sweep at 60-80
-    # iterations on the test problems (kl_coef 0.01 over 0 and 0.1; lr 1e-3 over 1e-4, 2e-3 and 3e-3),
-    # not yet re-chosen on dev: `python launch/tune.py --groups=online_rl` does it (9 points of 4x DRIFT's
-    # wall time each).
+    # while its multi@5 on the dev split still rises. kl_coef and lr: chosen on dev by
+    # `python launch/tune.py --groups=online_rl` (5 points of 499 iterations, seed 0; docs/results/tune.md).
     c.online_rl = dict(budget_ratio=4.0, budget_seconds=300.0, extend_while_rising=2.0, max_iterations=0,
                        problems_per_iteration=32, samples_per_problem=8, kl_coef=0.01, scale_by_std=False,
                        eval_every=10,
