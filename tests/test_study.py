@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from drift_jax.evaluation import study
-from tools import readme_results
+from tools import keep_run, readme_results
 
 
 def test_t_interval_by_hand():
@@ -388,12 +388,8 @@ def test_kept_records_make_the_same_study_and_refuse_other_code_or_config(tmp_pa
     # tools/keep_run.py: a seed's record (results, per-problem evaluations, stage markers, config, provenance)
     # gives the study the workdir gives, with the machine it ran on; records of other code, another config
     # (the seed aside) or uncommitted code are flagged.
-    import importlib.util
     import pathlib
 
-    spec = importlib.util.spec_from_file_location("keep_run", pathlib.Path(__file__).parents[1] / "tools" / "keep_run.py")
-    keep_run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(keep_run)
     machine = {"platform": "Linux-test", "processor": "CPU-X", "cpus": 2}
     prov = {"commit": "c", "code": {"drift_jax": "a", "configs": "b"}, "dirty": False, "lock_sha256": "l", "machine": machine}
     monkeypatch.setattr(keep_run, "provenance", lambda: dict(prov))
@@ -434,12 +430,8 @@ def test_kept_records_make_the_same_study_and_refuse_other_code_or_config(tmp_pa
 def test_a_workdir_and_its_kept_record_name_the_same_machine(tmp_path):
     # A study of workdirs (not kept) names the machine as tools/keep_run.py's provenance does: the CPU's
     # model name where /proc/cpuinfo has one, not the architecture ("x86_64").
-    import importlib.util
     import pathlib
 
-    spec = importlib.util.spec_from_file_location("keep_run", pathlib.Path(__file__).parents[1] / "tools" / "keep_run.py")
-    keep_run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(keep_run)
     rng = np.random.default_rng(0)
     dirs = [_seed_dir(tmp_path, seed, {m: rng.choice([0, 1, 2], size=20) for m in ("reference", "drift")},
                       {"reference": 1.0, "drift": 2.0}) for seed in range(2)]
