@@ -131,7 +131,7 @@ def test_methods_on_different_problems_are_refused(tmp_path):
 def _fake_study(diffs: dict[str, tuple[float, bool]]) -> dict:
     comparisons = [{"a": other, "b": "drift", "metric": "multi@2", "diff": -d, "lo": -d - 0.02, "hi": -d + 0.02,
                     "p": 0.01 if sig else 0.5, "significant": sig, "mcnemar": {"p": 0.02}} for other, (d, sig) in diffs.items()]
-    cell = {"mean": 0.5, "lo": 0.45, "hi": 0.55, "pred_lo": 0.3, "pred_hi": 0.7}
+    cell = {"mean": 0.5, "lo": 0.45, "hi": 0.55, "pred_lo": 0.3, "pred_hi": 0.7, "per_seed": [0.45, 0.5, 0.55]}
     return {"max_turns": 2, "seeds": 3, "machine": {"processor": "x86_64", "cpus": 2, "platform": "Linux"},
             "run_seconds": {"mean": 600.0}, "problems_per_seed": [1000], "interval": "95% t", "test": "paired bootstrap",
             "methods": {m: {"multi@1": cell, "multi@2": cell, "wall_seconds": {"mean": 80.0}} for m in ["drift", *diffs]},
@@ -146,6 +146,7 @@ def test_readme_block_between_the_markers(tmp_path):
     assert "SFT-5turn): the paper has DRIFT above; here DRIFT +1.0 points [-1.0, +3.0]: does not show it" in block
     assert "online RL is significantly better" in block
     assert "within the 95% prediction interval: drift [30.0, 70.0]; sft [30.0, 70.0]" in block
+    assert "Seed by seed (multi@2): drift 45.0 / 50.0 / 55.0; sft 45.0 / 50.0 / 55.0;" in block
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\nbefore\n{readme_results.BEGIN}\nold numbers 99.9\n{readme_results.END}\nafter\n")
     assert readme_results.main([str(_write(tmp_path, s)), f"--readme={readme}", "--check"]) == 1

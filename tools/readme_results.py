@@ -89,6 +89,11 @@ def results_block(study: Mapping[str, Any], source: str = "runs/study/study.json
     if new:
         lines += ["", f"One new seed (a single `bash launch/quickstart.sh` run) should land, {key}, within the 95% "
                   "prediction interval: " + "; ".join(new) + "."]
+    by_seed = [(n, s[key]["per_seed"]) for n, s in study["methods"].items() if len(s.get(key, {}).get("per_seed", [])) > 1]
+    if by_seed:  # how far one seed moves each method: the spread the intervals summarise
+        names = ", ".join(pathlib.PurePath(w).name for w in study.get("workdirs", []))
+        lines += ["", f"Seed by seed ({key}{', ' + names if names else ''}): "
+                  + "; ".join(f"{n} {' / '.join(_pct(x) for x in xs)}" for n, xs in by_seed) + "."]
     rows = [(o, _drift_vs(study, o, key)) for o in study["methods"] if o != "drift"]
     rows = [(o, c) for o, c in rows if c is not None]
     if rows:
