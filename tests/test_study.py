@@ -145,6 +145,11 @@ def test_readme_block_between_the_markers(tmp_path):
     assert "single-turn SFT: the paper has DRIFT above; here DRIFT +10.0 points [+8.0, +12.0]: agrees." in block
     assert "SFT-5turn): the paper has DRIFT above; here DRIFT +1.0 points [-1.0, +3.0]: does not show it" in block
     assert "online RL is significantly better" in block
+    wide = _fake_study({"online_rl": (-0.05, False)})
+    wide["comparisons"][0].update(lo=-0.03, hi=0.07)  # online_rl - drift in [-3, +7]: DRIFT - online_rl in [-7, +3]
+    assert "online RL up to 7.0 points ahead" in readme_results.results_block(wide)
+    close = _fake_study({"online_rl": (0.0, False)})  # DRIFT - online_rl in [-2, +2]: parity
+    assert "with 4x DRIFT's wall time: the paper has DRIFT on par or above; here DRIFT +0.0 points [-2.0, +2.0]: agrees (no significant difference)" in readme_results.results_block(close)
     assert "within the 95% prediction interval: drift [30.0, 70.0]; sft [30.0, 70.0]" in block
     assert "Seed by seed (multi@2): drift 45.0 / 50.0 / 55.0; sft 45.0 / 50.0 / 55.0;" in block
     readme = tmp_path / "README.md"
