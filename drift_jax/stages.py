@@ -13,7 +13,9 @@ invalid. `on_change="error"` stops with one error listing what changed and which
 deleted) and runs them again. A stage without a marker resumes inside itself (rollout shards, trainer
 checkpoints) only when its interrupted attempt read the same config.
 
-SIGTERM during a stage raises `Preempted` (after the trainer saved a checkpoint): the stage is never
+A marker's `seconds` are the stage's wall time; a stage that resumed adds the seconds its earlier attempts
+spent up to what they saved (`resumed_seconds`; runtime/clock.py), so a preempted run reports the cost of
+the work in its outputs. SIGTERM during a stage raises `Preempted` (after the trainer saved a checkpoint): the stage is never
 marked done, and a rerun resumes it. Digests: files up to 64 MiB by content (temporary and hidden files left out); larger files (model
 weights) by size and their first and last MiB.
 """
@@ -32,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from drift_jax.runtime import files, hosts
+from drift_jax.runtime import clock, files, hosts
 
 ON_CHANGE = ("error", "recompute")
 _WHOLE = 64 << 20  # files up to this size are hashed whole
@@ -222,10 +224,11 @@ class Stages:
             print(f"[{name}] cached ({done['summary']['seconds']:.1f}s when it ran)", flush=True)
             return done["summary"]
         self._write(name, ".started", key)
-        start = time.time()
-        with _stop_on_sigterm(name):
+        with _stop_on_sigterm(name), clock.measuring() as work:
             summary = fn() or {}
-        summary["seconds"] = time.time() - start
+        summary["seconds"] = work.elapsed()  # with the earlier attempts' seconds, if it resumed (runtime/clock.py)
+        if work.earlier:
+            summary["resumed_seconds"] = work.earlier
         hosts.barrier(f"stage_{name}")  # every process's outputs are written before they are digested
         self._write(name, "", {**key, "output_digest": digest(stage.outputs, self.workdir), "summary": summary})
         if self.is_writer and files.exists(self._path(name, ".started")):

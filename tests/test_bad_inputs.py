@@ -53,11 +53,12 @@ def tiny():
 
 
 def _snapshot(workdir, *under) -> dict[str, str]:
-    """sha256 of every file under the given paths of the workdir."""
+    """sha256 of every file under the given paths of the workdir, hidden ones (a rollout shard's seconds) aside."""
     out = {}
     for rel in under:
         root = os.path.join(workdir, rel)
-        files = [root] if os.path.isfile(root) else [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+        files = [root] if os.path.isfile(root) else [
+            os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if not f.startswith(".")]
         for f in files:
             out[os.path.relpath(f, workdir)] = hashlib.sha256(open(f, "rb").read()).hexdigest()
     return out

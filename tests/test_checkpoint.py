@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from drift_jax.lm import model, sharding
+from drift_jax.runtime import clock
 from drift_jax.train import batches, checkpoint, trainer, update
 
 CFG = model.ModelConfig(
@@ -85,20 +86,29 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path, examples_path, uninter
     assert _losses(workdir) == want_losses
 
 
-def test_sigterm_saves_and_stops_then_resumes(tmp_path, examples_path, uninterrupted):
+def test_sigterm_saves_and_stops_then_resumes(tmp_path, examples_path, uninterrupted, monkeypatch):
     _, want_params, want_losses = uninterrupted
     workdir = str(tmp_path / "run")
+    now = [0.0]  # every step takes 10 s of the stage's clock
+    monkeypatch.setattr(clock, "_now", lambda: now[0])
 
     def preempt(step, _):
+        now[0] += 10.0
         if step == 4:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    _run(workdir, examples_path, on_step=preempt)
+    with clock.measuring() as first:
+        _run(workdir, examples_path, on_step=preempt)
     steps = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps()
     # The signal arrives while step 5 is in flight: that step finishes, is saved, and the run stops.
     assert steps[-1] in (4, 5) and max(_losses(workdir)) == steps[-1]
-    _assert_same_params(_run(workdir, examples_path), want_params)
+    assert first.elapsed() == 10.0 * steps[-1]
+    with clock.measuring() as second:  # the rerun: a new attempt of the same stage
+        _assert_same_params(_run(workdir, examples_path, on_step=lambda step, _: now.__setitem__(0, now[0] + 10.0)),
+                            want_params)
     assert _losses(workdir) == want_losses
+    # It restored the seconds saved with the checkpoint: the stage took what the uninterrupted run would.
+    assert second.earlier == 10.0 * steps[-1] and second.elapsed() == 10.0 * max(want_losses)
 
 
 def test_corrupted_latest_checkpoint_falls_back(tmp_path, examples_path, uninterrupted, caplog):

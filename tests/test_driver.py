@@ -15,6 +15,7 @@ import rollout_fixture as fx
 
 from drift_jax.lm import sharding
 from drift_jax.rollout import driver
+from drift_jax.runtime import clock
 
 
 def _key(r):
@@ -45,7 +46,8 @@ def test_every_pair_once(reference):
     out, stats, recs = reference
     assert stats["trajectories"] == 18 and len(recs) == 18
     assert sorted(_key(r) for r in recs) == sorted((p.id, s) for p in fx.problems() for s in range(3))
-    assert len(os.listdir(out)) == 3  # 6 problems / 2 per shard
+    assert sorted(os.listdir(out)) == sorted(  # 6 problems / 2 per shard, each with the stage's seconds when written
+        [f"rollouts-{s:05d}.arrayrecord" for s in range(3)] + [f".rollouts-{s:05d}.seconds" for s in range(3)])
     for r in recs:
         assert 1 <= len(r["turns"]) <= 3
         for t in r["turns"]:
@@ -108,7 +110,7 @@ def test_processes_split_shards(reference, tmp_path):
     assert [proc.returncode for proc in procs] == [0, 0]
     wrote = [sorted(json.loads(line[6:]) for line in o.splitlines() if line.startswith("WROTE ")) for o in outputs]
     assert wrote == [["rollouts-00000.arrayrecord", "rollouts-00002.arrayrecord"], ["rollouts-00001.arrayrecord"]]
-    assert sorted(os.listdir(out)) == [f"rollouts-{s:05d}.arrayrecord" for s in range(3)]
+    assert sorted(f for f in os.listdir(out) if not f.startswith(".")) == [f"rollouts-{s:05d}.arrayrecord" for s in range(3)]
     _assert_same(driver.read_rollouts(str(out)), recs)
 
 
@@ -127,7 +129,7 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-def test_kill_9_then_rerun_gives_each_trajectory_once_identical(reference, tmp_path):
+def test_kill_9_then_rerun_gives_each_trajectory_once_identical(reference, tmp_path, monkeypatch):
     _, _, recs = reference
     out = tmp_path / "rollouts"
     script = tmp_path / "child.py"
@@ -135,13 +137,17 @@ def test_kill_9_then_rerun_gives_each_trajectory_once_identical(reference, tmp_p
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     child = subprocess.Popen([sys.executable, str(script), str(out)], env=env)
     deadline = time.time() + 300
-    while time.time() < deadline and not (out.exists() and any(f.endswith(".arrayrecord") for f in os.listdir(out))):
+    while time.time() < deadline and not (out.exists() and any(f.endswith(".seconds") for f in os.listdir(out))):
         time.sleep(0.2)
     child.send_signal(signal.SIGKILL)
     child.wait()
     done = [f for f in os.listdir(out) if f.endswith(".arrayrecord")]
     assert 1 <= len(done) < 3, done  # killed mid-run: some shards written, not all
-    driver.rollout(fx.params(), fx.CFG, fx.CHAT, fx.problems(), fx.rollout_config(), str(out))
+    saved = max(float((out / f).read_text()) for f in os.listdir(out) if f.endswith(".seconds"))
+    assert saved > 0  # the seconds at its newest shard (written after the shard)
+    monkeypatch.setattr(clock, "_now", lambda: 0.0)  # the rerun itself takes no time on the stage's clock
+    stats = driver.rollout(fx.params(), fx.CFG, fx.CHAT, fx.problems(), fx.rollout_config(), str(out))
+    assert stats["seconds"] == pytest.approx(saved, abs=1e-3)  # the killed attempt's seconds, up to its last shard
     again = driver.read_rollouts(str(out))
     assert sorted(_key(r) for r in again) == sorted(_key(r) for r in recs)  # each pair exactly once
     _assert_same(again, recs)

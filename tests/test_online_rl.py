@@ -13,6 +13,7 @@ from drift_jax import envs
 from drift_jax.baselines import online_rl
 from drift_jax.lm import model, sharding
 from drift_jax.rollout import episodes, returns, supervision
+from drift_jax.runtime import clock
 from drift_jax.train import batches, checkpoint, update
 from tests.test_batches import make_examples
 
@@ -143,7 +144,7 @@ def _kl_of_iteration(workdir, it):
     return float(np.mean(kl))
 
 
-def test_loop_trains_logs_and_resumes_exactly(tmp_path):
+def test_loop_trains_logs_and_resumes_exactly(tmp_path, monkeypatch):
     calls = []
     full, progress = _run(tmp_path / "full", 3, calls)
     assert progress["iteration"] == 3 and progress["optimizer_steps"] >= 3 and progress["tokens_generated"] > 0
@@ -163,8 +164,11 @@ def test_loop_trains_logs_and_resumes_exactly(tmp_path):
     split_lines = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert split_lines[1]["kl"] == pytest.approx(_kl_of_iteration(tmp_path / "split", 1), abs=2e-3)
     assert abs(split_lines[1]["kl"]) > 1e-2  # the policy moved: a test that a KL of 0 would fail
-    resumed, progress2 = _run(tmp_path / "split", 3, [])
-    assert progress2["iteration"] == 3
+    monkeypatch.setattr(clock, "_now", lambda: 0.0)  # the rerun's own seconds are 0 on the stage's clock
+    with clock.measuring() as work:
+        resumed, progress2 = _run(tmp_path / "split", 3, [])
+    assert progress2["iteration"] == 3 and "stage_seconds" not in progress2
+    assert work.earlier > 0  # the stage's seconds saved with iteration 2's checkpoint count towards its cost
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6), resumed, full)
 
 

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from drift_jax.runtime import clock
 from drift_jax.stages import Stage, Stages, StaleStageError, digest
 
 
@@ -95,3 +96,27 @@ def test_digest_reads_contents(tmp_path):
     first = digest(("a",), str(tmp_path))
     _write(tmp_path, "a/x", "2")
     assert digest(("a",), str(tmp_path)) != first
+
+
+def test_a_resumed_stage_reports_the_seconds_its_earlier_attempts_saved(tmp_path, monkeypatch):
+    """A stage's seconds: this attempt's plus the newest save's restored seconds (the largest: a later save
+    holds the earlier ones), not the last attempt's alone; nested clocks are the stage's."""
+    now = [1000.0]
+    monkeypatch.setattr(clock, "_now", lambda: now[0])
+    stages = Stages(str(tmp_path), _plan())
+
+    def resume_and_work():
+        work = clock.current()
+        work.resumed(40.0)  # e.g. rollout shards written 40 s into an earlier attempt
+        work.resumed(25.0)  # an older save restores nothing more
+        work.resumed(None)  # a save made before seconds were stored
+        now[0] += 7.0
+        return {}
+
+    summary = stages.run("rollouts", resume_and_work)
+    assert summary["seconds"] == 47.0 and summary["resumed_seconds"] == 40.0
+    summary = stages.run("weights", lambda: (now.__setitem__(0, now[0] + 3.0), {})[1])
+    assert summary["seconds"] == 3.0 and "resumed_seconds" not in summary
+    outside = clock.current()  # outside a stage: a clock of its own, from now
+    now[0] += 2.0
+    assert outside.elapsed() == 2.0

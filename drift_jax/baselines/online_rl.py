@@ -37,7 +37,7 @@ import numpy as np
 from drift_jax.envs import ChatFormat, Problem
 from drift_jax.lm.model import ModelConfig, Params
 from drift_jax.rollout import episodes, returns, supervision
-from drift_jax.runtime import files, hosts
+from drift_jax.runtime import clock, files, hosts
 from drift_jax.train import batches, checkpoint, trainer, update
 
 log = logging.getLogger(__name__)
@@ -174,8 +174,10 @@ def run(
     step_fn = update.compile_train_step(model_config, tx, mesh, state_sh, batch_sh)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=2, async_save=False)
     restored = ckpt.restore_latest(update.abstract_state(model_config, tx, state_sh))
+    work = clock.current()  # the stage's seconds (curve evaluations included), stored with each checkpoint
     if restored is not None:
         _, state, progress = restored
+        work.resumed(progress.pop("stage_seconds", None))
         log.info("online RL resumed at iteration %d (%.0fs spent)", progress["iteration"], progress["seconds"])
     else:
         state = update.sharded_state(ref_params, tx, state_sh)
@@ -254,13 +256,13 @@ def run(
                 log.info("online RL iteration %d: %.0fs, success %.3f, kl %.3f, held-out %.3f",
                          it + 1, progress["seconds"], solved.mean(), kl_N.mean(), value)
             if (it + 1) % config.save_every == 0:
-                ckpt.save(it + 1, state, progress)
+                ckpt.save(it + 1, state, {**progress, "stage_seconds": work.elapsed()})
         if progress["curve"][-1]["iteration"] != progress["iteration"]:
             value = evaluate(state.params)
             progress["curve"] = progress["curve"] + [
                 {"iteration": progress["iteration"], "seconds": progress["seconds"], "value": value}]
         if progress["iteration"] not in ckpt.all_steps():
-            ckpt.save(progress["iteration"], state, progress)
+            ckpt.save(progress["iteration"], state, {**progress, "stage_seconds": work.elapsed()})
         ckpt.wait()
     finally:
         ckpt.close()

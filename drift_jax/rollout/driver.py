@@ -3,7 +3,9 @@
 Problems are cut into shards of `problems_per_shard` (all K samples of a problem in one shard). Shard s
 is written by process s % num_processes to `rollouts-SSSSS.arrayrecord`, whole or not at all (a local
 temporary file renamed, or one upload to an object store: `runtime.files`), so a re-run skips finished shards and redoes a half-written one with
-identical content: a trajectory's randomness depends only on (seed, problem id, sample, turn).
+identical content: a trajectory's randomness depends only on (seed, problem id, sample, turn). Beside each
+shard a hidden `.rollouts-SSSSS.seconds` holds the stage's seconds when it was written, so a resumed stage
+reports the cost of all its shards (runtime/clock.py).
 Each record is one trajectory (`episodes.run_episodes`); its return is computed where it is used
 (`returns.record_return`), so a change of the return coefficients reuses the rollouts. All of a
 process's missing shards stream through one run of the rollout engine (rows refilled across shard
@@ -30,7 +32,7 @@ from drift_jax.envs import ChatFormat, Problem
 from drift_jax.lm.model import ModelConfig, Params
 from drift_jax.rollout import engine as engine_lib
 from drift_jax.rollout import episodes
-from drift_jax.runtime import files
+from drift_jax.runtime import clock, files
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,11 @@ class RolloutConfig:
 
 def shard_path(out_dir: str, shard: int) -> str:
     return files.join(out_dir, f"rollouts-{shard:05d}.arrayrecord")
+
+
+def seconds_path(out_dir: str, shard: int) -> str:
+    """The stage's seconds when the shard was written (hidden: not a rollout, not in the outputs' digest)."""
+    return files.join(out_dir, f".rollouts-{shard:05d}.seconds")
 
 
 def _write_shard(path: str, records: list[dict[str, Any]]) -> None:
@@ -91,8 +98,12 @@ def rollout(
     num_shards = -(-len(problems) // config.problems_per_shard)
     mine = [s for s in range(num_shards) if s % num_processes == process_index]
     todo = [s for s in mine if not files.exists(shard_path(out_dir, s))]
+    work = clock.current()
     if len(todo) < len(mine):
         log.info("rollouts: %d of %d shards already written, skipping them", len(mine) - len(todo), len(mine))
+        for s in set(mine) - set(todo):  # the written shards' seconds: what the attempts that wrote them spent
+            if files.exists(seconds_path(out_dir, s)):
+                work.resumed(float(files.read_text(seconds_path(out_dir, s))))
     k = config.num_samples
     total = sum(len(problems[s * config.problems_per_shard : (s + 1) * config.problems_per_shard]) for s in todo) * k
     stats = {"trajectories": 0, "solved": 0, "tokens": 0}
@@ -116,6 +127,7 @@ def rollout(
         if not left[shard]:  # its last trajectory: write the shard, in row order, whole or not at all
             mine_rows = [m for m, r in enumerate(rows) if r[0] == shard]
             _write_shard(shard_path(out_dir, shard), [done.pop(m) for m in mine_rows])
+            files.write_text(seconds_path(out_dir, shard), f"{work.elapsed():.3f}")
 
     engine = dataclasses.replace(config.engine, rows=config.rows_per_batch)
     episodes.run_episodes(
@@ -123,5 +135,5 @@ def rollout(
         seed=config.seed, mesh=mesh, engine=engine, on_record=on_record,
     )
     bar.close()
-    stats["seconds"] = time.time() - start
+    stats["seconds"] = work.elapsed()  # with the seconds of earlier attempts that wrote shards this one skipped
     return stats

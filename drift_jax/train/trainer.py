@@ -2,7 +2,8 @@
 
 Use:
     params = trainer.run(update.TrainConfig(...), model_config, "examples.arrayrecord", init_params, workdir, mesh)
-`run` resumes from the newest readable checkpoint in `workdir/checkpoints` (same seed and data), logs
+`run` resumes from the newest readable checkpoint in `workdir/checkpoints` (same seed and data; with the
+seconds the stage had spent when it was saved, runtime/clock.py), logs
 to `workdir/metrics.jsonl` and TensorBoard event files in `workdir/tb`, saves every `save_every` steps and
 on SIGTERM, and stops with `NonFiniteLossError` (no checkpoint of the bad state) if the loss is NaN/Inf.
 
@@ -22,7 +23,7 @@ from collections.abc import Callable, Sequence
 import jax
 
 from drift_jax.lm.model import ModelConfig, Params
-from drift_jax.runtime import files
+from drift_jax.runtime import clock, files
 from drift_jax.train import batches, checkpoint, update
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ def run(
     metrics)` is called on the host after each step's metrics are read (step = steps done).
     """
     workdir = files.absolute(workdir)
+    work = clock.current()  # the stage's seconds: stored with each checkpoint, restored with it
     source = examples if isinstance(examples, batches.ExampleSource) else batches.ExampleSource(examples)
     batcher = batches.Batcher(source, config.batch_config())
     total = config.max_steps if config.max_steps is not None else batcher.total_steps(config.epochs)
@@ -125,6 +127,7 @@ def run(
         start, state, position = restored
         if {k: position.get(k) for k in data_key} != data_key:
             raise ValueError(f"checkpoint in {workdir} was written for other data or seed: {position} vs {data_key}")
+        work.resumed(position.get("seconds"))
         log.info("resumed from step %d", start)
     else:
         start = 0
@@ -182,7 +185,7 @@ def run(
                 preempted = guard.requested or ckpt.reached_preemption(step + 1)
                 if (step + 1) % config.save_every == 0 or step + 1 == total or preempted:
                     drain()  # never save a state whose loss was not checked
-                    ckpt.save(step + 1, state, {**data_key, "step": step + 1})
+                    ckpt.save(step + 1, state, {**data_key, "step": step + 1, "seconds": work.elapsed()})
                     last_good = step + 1
                     last_time = time.perf_counter()  # keep the save's host copy out of tokens/s
                 if preempted:
