@@ -3,8 +3,8 @@
     bash launch/quickstart.sh                  # = python -m drift_jax.main --config=configs/quickstart.py --workdir=runs/quickstart
 
 Task: `max a b c d` (the largest of four 2-digit numbers), 5 turns with "Incorrect. Please think again."
-Reference: a 2-layer model trained from scratch for ~25 seconds on demonstrations of the easier `max a b`
-(half of them multi-turn, with wrong attempts that are numbers not in the list, so it knows the chat
+Reference: a 2-layer model trained from scratch for about 80 seconds (2 CPU cores) on demonstrations of the
+easier `max a b` (half of them multi-turn, with wrong attempts that are numbers not in the list, so it knows the chat
 format of feedback turns but was never taught to use the feedback), as an instruct model is trained on
 data other than the task DRIFT is then run on. DRIFT: 512 training problems x 16 samples at temperature 1,
 weights exp(R/beta)/Z per problem, weighted SFT on the last turn. Produces runs/quickstart/{results.json,

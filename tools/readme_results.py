@@ -29,6 +29,9 @@ PAPER = {
     "sft_rollouts": ("SFT on the same rollouts with uniform weights (the paper's SFT-5turn)", "above"),
     "online_rl": ("online multi-turn RL with 4x DRIFT's wall time", "matches"),
 }
+# A parity claim ("DRIFT matches online RL") counts as shown only if the paired interval rules out online RL
+# being more than this far ahead (a fraction: 0.02 is 2 points of multi@T).
+PARITY_MARGIN = 0.02
 NAMES = {"reference": "reference", "drift": "DRIFT", "sft": "SFT", "sft_rollouts": "SFT-5turn",
          "rft": "RFT", "online_rl": "online RL", "online_rl@drift_time": "online RL at DRIFT's wall time"}
 
@@ -58,7 +61,7 @@ def verdict(comparison: Mapping[str, Any], claim: str) -> str:
         return "contradicts it (online RL is significantly better)"
     if significant:
         return "agrees (DRIFT is significantly better)"
-    if comparison["lo"] < -0.02:  # not significant, but the interval leaves room for a real gap
+    if comparison["lo"] < -PARITY_MARGIN:  # not significant, but the interval leaves room for a real gap
         return (f"not shown either way: no significant difference, but the interval allows online RL up to "
                 f"{-100 * comparison['lo']:.1f} points ahead")
     return "agrees (no significant difference)"
