@@ -12,6 +12,8 @@
 # again, and study.json/study.md are written to KEEP from the kept records, after checking that they were
 # made by the same code and config. Commit KEEP after each seed: a workdir does not outlive its machine.
 # Then: python tools/readme_results.py WORKDIR/study.json   (the README's results block, from study.json)
+# New seeds against a kept study's prediction intervals (the README's unseen-seed check):
+#   python -m drift_jax.evaluation.replicate docs/results/study/study.json KEEP/seed-100 --out KEEP
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 ensure_venv requirements.lock
 WORKDIR="${1:-$ROOT/runs/study}"

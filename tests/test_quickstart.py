@@ -1,33 +1,32 @@
-"""The quickstart's claims, end to end, exactly as `bash launch/quickstart.sh` runs it (slow: ~10-15 minutes
-for every method; `bash launch/test.sh -m slow`)."""
+"""The quickstart against the README's study, end to end, as `bash launch/quickstart.sh` runs it with a seed the
+study did not use (slow: about 90 minutes on 2 CPU cores for every method; `bash launch/test.sh -m slow`)."""
 
-import json
 import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
+from drift_jax.evaluation import replicate
+
+ROOT = pathlib.Path(__file__).parents[1]
+STUDY = ROOT / "docs/results/study/study.json"
+
 
 @pytest.mark.slow
-def test_quickstart_drift_against_reference_and_baselines(tmp_path):
-    """Held-out multi@5 (issue bars; README table): DRIFT at least 10 points above the reference, above
-    SFT on the same rollouts with uniform weights, and within 2 points of online RL (or better) while
-    online RL had at least 4x DRIFT's wall time. The last one measured 72.6 vs 71.1 here; it is
-    sensitive to the reference (an earlier one gave 52.3 vs 56.2, see the README).
+def test_quickstart_lands_within_the_readme_study(tmp_path):
+    """Every method's held-out multi@1 and multi@5, and DRIFT's paired difference with each baseline, lie within
+    the 95% prediction intervals of the README's study (drift_jax/evaluation/replicate.py), for seed 100
+    (the README's unseen-seed check, docs/results/study-unseen, is the same run). The fast version of each
+    part is in tests/test_study.py and tests/test_pipeline.py.
 
-    Runs in a subprocess with the machine's real devices (one CPU device), not the suite's 8 fake ones:
-    the device count changes float reduction order, hence the trained models, like another seed does
-    (on 8 fake devices an earlier reference measured 34.0 -> 43.2). If this fails after a change, rerun
-    `bash launch/quickstart.sh` and compare report.md with the README before touching the config."""
+    Runs in a subprocess with the machine's real devices (one CPU device) as the study did, not the suite's 8
+    fake ones: the device count changes float reduction order, hence the trained models, like another seed.
+    Online RL's budget is 4x DRIFT's wall time, so run nothing else meanwhile."""
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_DEFAULT_MATMUL_PRECISION")}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    subprocess.run([sys.executable, "-m", "drift_jax.main", "--config=configs/quickstart.py", f"--workdir={tmp_path}"],
-                   cwd=root, env={**env, "PYTHONPATH": root}, check=True, stdout=subprocess.DEVNULL)
-    methods = json.loads((tmp_path / "results.json").read_text())["methods"]
-    drift = methods["drift"]
-    assert drift["multi@5"] >= methods["reference"]["multi@5"] + 0.10, methods
-    assert drift["multi@5"] > methods["sft_rollouts"]["multi@5"], methods
-    online = methods["online_rl"]
-    assert online["wall_seconds"] >= 4 * drift["wall_seconds"], methods
-    assert drift["multi@5"] >= online["multi@5"] - 0.02, methods
+    subprocess.run([sys.executable, "-m", "drift_jax.main", "--config=configs/quickstart.py", f"--workdir={tmp_path}",
+                    "--config.seed=100"], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, check=True,
+                   stdout=subprocess.DEVNULL)
+    assert replicate.main([str(STUDY), str(tmp_path), "--out", str(tmp_path / "replication")]) == 0, (
+        (tmp_path / "replication" / "replication.md").read_text())

@@ -65,6 +65,9 @@ def test_generated_blocks_are_what_their_results_files_give(monkeypatch):
     # The study's seeds are kept in docs/results/study/ (KEEP=docs/results/study bash launch/study.sh).
     tune, study = pathlib.Path("docs/results/tune.md"), pathlib.Path("docs/results/study/study.json")
     assert tune.exists(), "docs/results/tune.md (launch/tune.py's) is what the config's tuned values trace to"
+    # New seeds against the study (python -m drift_jax.evaluation.replicate ... --out docs/results/study-unseen).
+    unseen = pathlib.Path("docs/results/study-unseen/replication.md")
     # The performance table: tools/run_benchmarks.sh's records (a benchmark without one is "not measured").
     args = ([str(study)] if study.exists() else []) + [f"--tune={tune}", "--bench=docs/results/benchmarks"]
+    args += [f"--unseen={unseen}"] if unseen.exists() else []
     assert readme_results.main([*args, "--check"]) == 0

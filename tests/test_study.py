@@ -4,6 +4,7 @@ tools/readme_results.py, which writes the README's results block from its study.
 import itertools
 import json
 import math
+import pathlib
 
 import numpy as np
 import pytest
@@ -461,3 +462,46 @@ def test_benchmarks_block(tmp_path):
     assert "| weighted-SFT step, 16 x 256 tokens | `python benchmarks/train_step.py` | 2.43x the PyTorch" in block
     assert "train_step at 01234567 on CPU-X (2 CPU cores), 60 s" in block
     assert "| rollouts | `python benchmarks/rollouts.py` | not measured (no B/rollouts.json) |" in block
+
+
+def test_new_runs_against_prediction_intervals_by_hand(tmp_path):
+    """drift_jax/evaluation/replicate.py: each method's score and DRIFT's paired difference on a new run against
+    the study's prediction intervals, mean +- t_{0.975, 2} * sd * sqrt(1 + 1/3), worked out by hand."""
+    from drift_jax.evaluation import replicate
+
+    def solved(n_solved):  # 10 problems, the first n solved at turn 1
+        return [1] * n_solved + [0] * (10 - n_solved)
+
+    dirs = [_seed_dir(tmp_path, s, {"reference": solved(r), "drift": solved(d)}, {"reference": 1, "drift": 1})
+            for s, (r, d) in enumerate([(2, 4), (2, 5), (3, 6)])]
+    study.write_study(dirs, str(tmp_path / "study"), samples=200)
+    (tmp_path / "new").mkdir()
+    new = _seed_dir(tmp_path / "new", 100, {"reference": solved(0), "drift": solved(9)}, {"reference": 1, "drift": 1})
+    quick = pathlib.Path(_seed_dir(tmp_path / "new", 1, {"reference": solved(2), "drift": solved(5)},
+                                   {"reference": 1, "drift": 1})).rename(tmp_path / "new" / "quickstart")
+    (quick / "run_configs").mkdir()
+    (quick / "run_configs" / "1.json").write_text(json.dumps({"seed": 1}))  # the study's seed 1 again: not new
+    code = replicate.main([str(tmp_path / "study" / "study.json"), new, str(quick), "--out", str(tmp_path / "rep")])
+    rep = json.loads((tmp_path / "rep" / "replication.json").read_text())
+    half = 4.302652729911275 * math.sqrt(1 + 1 / 3)  # times each sd
+    sd_ref = sd_diff = math.sqrt(((0.2 - 0.7 / 3) ** 2 * 2 + (0.3 - 0.7 / 3) ** 2) / 2)  # refs 0.2 0.2 0.3, diffs 0.2 0.3 0.3
+    expect = {("drift", "multi@2"): (0.5, 0.1, [0.9, 0.5]), ("reference", "multi@2"): (0.7 / 3, sd_ref, [0.0, 0.2]),
+              ("drift - reference", "multi@2"): (0.8 / 3, sd_diff, [0.9, 0.3])}
+    rows = {(r["what"], r["metric"]): r for r in rep["rows"]}
+    assert set(rows) == {*expect, ("drift", "multi@1"), ("reference", "multi@1")}
+    for k, (mean, sd, values) in expect.items():
+        assert (rows[k]["pred_lo"], rows[k]["pred_hi"]) == (pytest.approx(mean - half * sd), pytest.approx(mean + half * sd))
+        assert rows[k]["values"] == pytest.approx(values)
+    # 0.9 - 0.0 is above the difference's interval [-0.020, 0.554]; every other value lies inside its interval.
+    assert rows[("drift - reference", "multi@2")]["inside"] == [False, True]
+    assert rep["outside"] == 1 and rep["checked"] == 10 and code == 1
+    assert rep["study_seeds"] == [0, 1, 2] and rep["run_seeds"] == [100, 1] and rep["new_seeds"] == [True, False]
+    md = (tmp_path / "rep" / "replication.md").read_text()
+    assert "| drift - reference | multi@2 | +26.7 | [-2.0, +55.4] | +90.0 (OUT) | +30.0 (in) |" in md
+    assert "9 of 10 values inside" in md and "Not new seeds (the study used them, or their seed is unknown): quickstart." in md
+    # A run of another task (here more turns) has no prediction: refused.
+    other = json.loads((tmp_path / "new" / "seed-100" / "results.json").read_text())
+    (tmp_path / "new" / "seed-100" / "results.json").write_text(json.dumps({**other, "max_turns": 3}))
+    assert replicate.main([str(tmp_path / "study" / "study.json"), new]) == 2
+    with pytest.raises(ValueError, match="no prediction applies"):
+        replicate.check(json.loads((tmp_path / "study" / "study.json").read_text()), [study.load_seed(new)])

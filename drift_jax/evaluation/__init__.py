@@ -1,4 +1,5 @@
-"""Evaluation: greedy multi-turn episodes on held-out problems -> multi@k, correction rates, the run's report.
+"""Evaluation: greedy multi-turn episodes on held-out problems -> multi@k, correction rates, the run's report;
+across runs, a multi-seed study (study.py) and new runs checked against its prediction intervals (replicate.py).
 
 May import: lm, envs, rollout (the episode loop).
 """

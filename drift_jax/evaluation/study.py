@@ -124,7 +124,7 @@ def load_seed(workdir: str) -> dict[str, Any]:
             "run_seconds": float(sum(seconds)), "machine": ran_on}
 
 
-def _at_time(curve: Sequence[Sequence[float]], seconds: float) -> float | None:
+def curve_at(curve: Sequence[Sequence[float]], seconds: float) -> float | None:
     """A learning curve's value at a wall time (its last point at or before it)."""
     before = [v for t, v in curve if t <= seconds]
     return before[-1] if before else None
@@ -166,7 +166,7 @@ def summarize(runs: Sequence[Mapping[str, Any]], *, samples: int = BOOTSTRAP_SAM
                          for m in (*metrics, "wall_seconds")}
         methods[name]["budget"] = budget(entries)
     if "online_rl" in names and "drift" in names:  # online RL at DRIFT's wall time: its curve, not paired
-        at = [_at_time(r["methods"]["online_rl"].get("curve", []), r["methods"]["drift"]["wall_seconds"]) for r in runs]
+        at = [curve_at(r["methods"]["online_rl"].get("curve", []), r["methods"]["drift"]["wall_seconds"]) for r in runs]
         if all(v is not None for v in at):
             methods["online_rl@drift_time"] = {metrics[-1]: {**t_interval(at), "per_seed": at}}
     comparisons = []
