@@ -462,6 +462,21 @@ def test_benchmarks_block(tmp_path):
     assert "| weighted-SFT step, 16 x 256 tokens | `python benchmarks/train_step.py` | 2.43x the PyTorch" in block
     assert "train_step at 01234567 on CPU-X (2 CPU cores), 60 s" in block
     assert "| rollouts | `python benchmarks/rollouts.py` | not measured (no B/rollouts.json) |" in block
+    # preflight_agreement's line: ratios keyed "<case> <stage> <figure>" (its case names hold spaces), a row per case.
+    case = "m[2 layers] v5e:2x4 mesh={'data': 1} train 16x1024/1 rows=48"
+    figures = {"flops": 1.0, "collective_bytes": 1.0, "collective_count": 1.0, "hbm_bytes_hlo": 0.95,
+               "hbm_bytes_hlo_marginal": 1.2, "hbm_bytes_floor": 0.99, "hbm_bytes_floor_hbm": 0.98, "memory": 1.01,
+               "hbm_bytes": 0.57}
+    ratios = {f"{case} rollout_decode {k}": v for k, v in figures.items()} | {f"{case} train flops": 1.002}
+    (tmp_path / "preflight_agreement.json").write_text(json.dumps({"result": {"ratios": ratios, "off": [
+        f"{case} rollout_decode hbm_bytes_hlo 0.950"]}, "seconds": 700, "provenance": prov}))
+    block = readme_results.benchmarks_block(readme_results.read_benchmarks(str(tmp_path)), "B")
+    assert (f"| preflight vs independent loop-free compiles: {case} | `PYTHONPATH=. python benchmarks/preflight_agreement.py` "
+            "| FLOPs train 1.002, rollout_decode 1.0; decode collectives 1.0 of the bytes, 1.0 of the count; decode HBM "
+            "bytes 0.95 of the one-trip (upper) and 1.2 of the marginal-trip (lower) reference; unchecked: memory "
+            "rollout_decode 1.01; decode bytes 0.99 of the analytic floor (0.98 less the loop carry kept in VMEM); "
+            "XLA's bytes figure (not an HBM count) rollout_decode 0.57; off by more than 10%: rollout_decode "
+            "hbm_bytes_hlo 0.950 |") in block
 
 
 def test_new_runs_against_prediction_intervals_by_hand(tmp_path):

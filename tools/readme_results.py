@@ -1,4 +1,5 @@
-"""Regenerates the README's results block from a study's study.json, so no number in it is copied by hand.
+"""Regenerates the README's generated blocks from the files the repo's scripts write, so no number in them
+is copied by hand: results (a study's study.json), tuning, unseen seeds, performance.
 
     python tools/readme_results.py runs/study/study.json              # rewrites README.md between the markers
     python tools/readme_results.py runs/study/study.json --check      # exit 1 if README.md is not up to date
@@ -157,7 +158,7 @@ def unseen_block(replication_md: str, source: str) -> str:
 
 
 BENCH_BEGIN, BENCH_END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
-BENCHMARKS = ("rollouts", "sampler", "train_step")  # tools/run_benchmarks.sh writes <name>.json for each
+BENCHMARKS = ("rollouts", "sampler", "train_step", "preflight_agreement")  # tools/run_benchmarks.sh's <name>.json
 
 
 def _bench_rows(name: str, r: Mapping[str, Any]) -> list[tuple[str, str, str]]:
@@ -182,7 +183,41 @@ def _bench_rows(name: str, r: Mapping[str, Any]) -> list[tuple[str, str, str]]:
                  f"{r['ratio_vs_pytorch']}x the PyTorch step's tokens/s ({r['tokens_per_s']} vs {r['torch_tokens_per_s']}; "
                  f"per repeat {', '.join(map(str, r['ratio_per_repeat']))}); MFU {r['mfu']} (f32; bf16 compute "
                  f"{r['mfu_bf16_compute']}) of a measured {r['peak_f32_matmul_gflops']} GFLOP/s f32 matmul peak")]
+    if name == "preflight_agreement":
+        return [(f"preflight vs independent loop-free compiles: {case}",
+                 "`PYTHONPATH=. python benchmarks/preflight_agreement.py`",
+                 _agreement(figures, [o[len(case) + 1:] for o in r["off"] if o.startswith(case + " ")]))
+                for case, figures in _by_case(r["ratios"]).items()]
     raise ValueError(f"unknown benchmark {name!r}")
+
+
+def _by_case(ratios: Mapping[str, float]) -> dict[str, dict[tuple[str, str], float]]:
+    """preflight_agreement's ratios ("<case> <stage> <figure>": preflight / independent) by case."""
+    cases: dict[str, dict[tuple[str, str], float]] = {}
+    for key, ratio in ratios.items():
+        case, stage, figure = key.rsplit(" ", 2)
+        cases.setdefault(case, {})[(stage, figure)] = ratio
+    return cases
+
+
+def _agreement(f: Mapping[tuple[str, str], float], off: list[str]) -> str:
+    """One case's figures, preflight / independent, checked ones first (the benchmark's docstring says why);
+    `off`: its "<stage> <figure> <ratio>" outside the tolerance."""
+    def stages(figure: str) -> str:
+        return ", ".join(f"{s} {f[(s, figure)]}" for s in ("train", "rollout_decode") if (s, figure) in f)
+
+    d = lambda figure: f[("rollout_decode", figure)]  # noqa: E731
+    parts = [f"FLOPs {stages('flops')}",
+             f"decode collectives {d('collective_bytes')} of the bytes, {d('collective_count')} of the count",
+             f"decode HBM bytes {d('hbm_bytes_hlo')} of the one-trip (upper) and {d('hbm_bytes_hlo_marginal')} of the "
+             f"marginal-trip (lower) reference",
+             f"unchecked: memory {stages('memory')}; decode bytes {d('hbm_bytes_floor')} of the analytic floor "
+             f"({d('hbm_bytes_floor_hbm')} less the loop carry kept in VMEM); XLA's bytes figure (not an HBM count) "
+             f"{stages('hbm_bytes')}"]
+    if ("train", "collective_bytes") in f:
+        parts[-1] += (f"; train collectives {f[('train', 'collective_bytes')]} of the bytes, "
+                      f"{f[('train', 'collective_count')]} of the count (unrolled, XLA merges them across trips)")
+    return "; ".join(parts) + ("; off by more than 10%: " + ", ".join(off) if off else "; every checked figure within 10%")
 
 
 def benchmarks_block(records: Mapping[str, Mapping[str, Any]], source: str) -> str:

@@ -3,13 +3,15 @@
 # docs/results/benchmarks/<name>.json; the README's performance table is generated from those files
 # (`python tools/readme_results.py --bench docs/results/benchmarks`). Run it on a quiet machine: the
 # figures are ratios measured side by side, but a loaded machine still widens their spread.
-# Usage: bash tools/run_benchmarks.sh [rollouts] [sampler] [train_step]     (default: all three)
+# Usage: bash tools/run_benchmarks.sh [rollouts] [sampler] [train_step] [preflight_agreement]   (default: all;
+#        preflight_agreement compiles for TPUs through libtpu on the CPU, about 13 minutes on 2 cores)
 source "$(dirname "${BASH_SOURCE[0]}")/../launch/_venv.sh"
 ensure_venv requirements-test.lock   # the sampler and train-step benchmarks compare against torch/transformers
 OUT="${OUT:-$ROOT/docs/results/benchmarks}"
 mkdir -p "$OUT"
 names=("$@")
-if [ "${#names[@]}" -eq 0 ]; then names=(rollouts sampler train_step); fi
+if [ "${#names[@]}" -eq 0 ]; then names=(rollouts sampler train_step preflight_agreement); fi
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # preflight_agreement imports configs/
 for name in "${names[@]}"; do
   echo "=== benchmarks/$name.py"
   start=$(date +%s)
