@@ -479,7 +479,7 @@ def test_benchmarks_block(tmp_path):
             "hbm_bytes_hlo 0.950 |") in block
 
 
-def test_new_runs_against_prediction_intervals_by_hand(tmp_path):
+def test_new_runs_against_prediction_intervals_by_hand(tmp_path, capsys):
     """drift_jax/evaluation/replicate.py: each method's score and DRIFT's paired difference on a new run against
     the study's prediction intervals, mean +- t_{0.975, 2} * sd * sqrt(1 + 1/3), worked out by hand."""
     from drift_jax.evaluation import replicate
@@ -520,3 +520,10 @@ def test_new_runs_against_prediction_intervals_by_hand(tmp_path):
     assert replicate.main([str(tmp_path / "study" / "study.json"), new]) == 2
     with pytest.raises(ValueError, match="no prediction applies"):
         replicate.check(json.loads((tmp_path / "study" / "study.json").read_text()), [study.load_seed(new)])
+    # A study seed that names no seed (no config.json, no seed-N directory) is reported, not silently dropped.
+    unnamed = json.loads((tmp_path / "study" / "study.json").read_text())
+    unnamed["workdirs"][1] = str(tmp_path / "run-b")
+    (tmp_path / "unnamed.json").write_text(json.dumps(unnamed))
+    capsys.readouterr()
+    replicate.main([str(tmp_path / "unnamed.json"), str(quick)])
+    assert "1 of the study's seeds cannot be identified" in capsys.readouterr().err

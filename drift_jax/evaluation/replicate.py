@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,10 +34,6 @@ def _inside(value: float, interval: Mapping[str, Any]) -> bool | None:
     return interval["pred_lo"] <= value <= interval["pred_hi"]
 
 
-def _seed_name(workdir: str) -> str:
-    return pathlib.PurePath(workdir.rstrip("/")).name
-
-
 def run_seed(workdir: str) -> int | None:
     """The seed a run was made with: its config (kept, or the last in run_configs/), else a `seed-N` directory
     name (a study's records elsewhere); None when neither says."""
@@ -46,7 +41,7 @@ def run_seed(workdir: str) -> int | None:
     configs = [path / "config.json"] if (path / "config.json").exists() else sorted((path / "run_configs").glob("*.json"))
     if configs:
         return json.loads(configs[-1].read_text()).get("seed")
-    tail = _seed_name(workdir).rpartition("seed-")[2]
+    tail = study_lib.seed_name(workdir).rpartition("seed-")[2]
     return int(tail) if tail.isdigit() else None
 
 
@@ -107,22 +102,22 @@ def _row(what: str, metric: str, values: Sequence[float | None], interval: Mappi
             "inside": [None if v is None else _inside(v, interval) for v in values]}
 
 
-def _pct(x: float | None, sign: bool = False) -> str:
-    return "-" if x is None else (f"{100 * x:+.1f}" if sign else f"{100 * x:.1f}")
-
-
 def markdown(rep: Mapping[str, Any]) -> str:
     """replication.md: a row per method or difference, each run's value and whether it lies in the interval."""
-    names = [_seed_name(w) for w in rep["runs"]]
+    names = [study_lib.seed_name(w) for w in rep["runs"]]
     lines = [f"# New runs against the study's {rep['study_n']}-seed prediction intervals", "",
              "| method | metric | study mean | 95% prediction interval | " + " | ".join(names) + " |",
              "|" + "---|" * (4 + len(names))]
     for row in rep["rows"]:
         sign = row["what"].startswith("drift - ")
-        cells = [f"{_pct(v, sign)} ({'in' if ok else 'OUT'})" if ok is not None else _pct(v, sign)
+
+        def pct(x: float | None) -> str:
+            return study_lib.pct(x, sign)
+
+        cells = [pct(v) if ok is None else f"{pct(v)} ({'in' if ok else 'OUT'})"
                  for v, ok in zip(row["values"], row["inside"])]
-        lines.append(f"| {row['what']} | {row['metric']} | {_pct(row['mean'], sign)} | "
-                     f"[{_pct(row['pred_lo'], sign)}, {_pct(row['pred_hi'], sign)}] | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['what']} | {row['metric']} | {pct(row['mean'])} | "
+                     f"[{pct(row['pred_lo'])}, {pct(row['pred_hi'])}] | " + " | ".join(cells) + " |")
     old = [n for n, new, s in zip(names, rep["new_seeds"], rep["run_seeds"]) if not new]
     lines += ["", f"{rep['checked'] - rep['outside']} of {rep['checked']} values inside their interval (each lies "
               "outside with probability 1 in 20 by chance alone; the values of one run are not independent)."]
@@ -139,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     study = json.loads(epath.Path(args.study).read_text())
     study_seeds = [s for s in map(run_seed, study["workdirs"]) if s is not None]
+    if len(study_seeds) < len(study["workdirs"]):  # neither a config nor a seed-N name: cannot tell new seeds
+        print(f"warning: {len(study['workdirs']) - len(study_seeds)} of the study's seeds cannot be identified "
+              "(no config.json, no seed-N name); a run with one of those seeds would count as new", file=sys.stderr)
     try:
         rep = check(study, [study_lib.load_seed(w) for w in args.runs], seeds=[run_seed(w) for w in args.runs],
                     study_seeds=study_seeds)

@@ -203,18 +203,24 @@ def machines(study: Mapping[str, Any]) -> str:
     "AMD EPYC (2 CPU cores, Linux-...) (seed-1, seed-2); ..."."""
     seeds: dict[str, list[str]] = {}
     for workdir, m in zip(study["workdirs"], study.get("machines") or [study["machine"]] * study["seeds"]):
-        seeds.setdefault(f"{m['processor']} ({m['cpus']} CPU cores, {m['platform']})", []).append(workdir.rstrip("/").split("/")[-1])
+        seeds.setdefault(f"{m['processor']} ({m['cpus']} CPU cores, {m['platform']})", []).append(seed_name(workdir))
     if len(seeds) == 1:
         return next(iter(seeds))
     return "; ".join(f"{name} ({', '.join(s)})" for name, s in seeds.items())
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
+def pct(x: float | None, sign: bool = False) -> str:
+    """A fraction as a percentage with one decimal ("-" for None); `sign` writes the + of a difference."""
+    return "-" if x is None else (f"{100 * x:+.1f}" if sign else f"{100 * x:.1f}")
+
+
+def seed_name(workdir: str) -> str:
+    """A run's name in tables: its workdir's last component (`.../seed-1/` -> `seed-1`)."""
+    return workdir.rstrip("/").split("/")[-1]
 
 
 def _cell(s: Mapping[str, Any]) -> str:
-    return _pct(s["mean"]) if s["lo"] is None else f"{_pct(s['mean'])} [{_pct(s['lo'])}, {_pct(s['hi'])}]"
+    return pct(s["mean"]) if s["lo"] is None else f"{pct(s['mean'])} [{pct(s['lo'])}, {pct(s['hi'])}]"
 
 
 def markdown(study: Mapping[str, Any]) -> str:
@@ -230,7 +236,7 @@ def markdown(study: Mapping[str, Any]) -> str:
         wall = f"{m['wall_seconds']['mean']:.0f}" if "wall_seconds" in m else "-"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {wall} | {m.get('budget', '-')} |")
     key = metrics[-1]
-    new = [f"{n} [{_pct(m[key]['pred_lo'])}, {_pct(m[key]['pred_hi'])}]" for n, m in study["methods"].items()
+    new = [f"{n} [{pct(m[key]['pred_lo'])}, {pct(m[key]['pred_hi'])}]" for n, m in study["methods"].items()
            if key in m and m[key].get("pred_lo") is not None]
     if new:
         lines += ["", f"One new seed, {key}, 95% prediction interval: " + "; ".join(new) + "."]
