@@ -6,6 +6,8 @@ import inspect
 import pathlib
 import re
 
+import pytest
+
 README = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
 
@@ -71,3 +73,41 @@ def test_generated_blocks_are_what_their_results_files_give(monkeypatch):
     args = ([str(study)] if study.exists() else []) + [f"--tune={tune}", "--bench=docs/results/benchmarks"]
     args += [f"--unseen={unseen}"] if unseen.exists() else []
     assert readme_results.main([*args, "--check"]) == 0
+
+
+def test_the_example_preflight_is_kept_with_its_commit_and_never_on_failure(tmp_path, monkeypatch):
+    """tools/keep_preflight.py keeps the preflight's stdout with the code it came from, refuses a dirty tree
+    before compiling anything, keeps nothing when the preflight fails; readme_results renders the record."""
+    import json
+    import subprocess
+
+    from tools import keep_preflight, readme_results
+
+    prov = {"commit": "0123456789abcdef", "code": {}, "dirty": False, "lock_sha256": "x",
+            "machine": {"processor": "AMD EPYC", "cpus": 2, "platform": "Linux"}}
+    monkeypatch.setattr(keep_preflight.keep_run, "provenance", lambda: dict(prov))
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append((cmd, kw["env"]["JAX_PLATFORMS"]))
+        return subprocess.CompletedProcess(cmd, 0, stdout="stage | fits\ntrain | yes\n", stderr="")
+
+    out = tmp_path / "p" / "r.json"
+    record = keep_preflight.keep(str(out), ["--config=c.py", "--topology=v5e:2x2"], run=fake_run)
+    assert calls[0][0][1:] == ["-m", "drift_jax.preflight", "--config=c.py", "--topology=v5e:2x2"] and calls[0][1] == "cpu"
+    assert json.loads(out.read_text()) == record and record["provenance"] == prov
+    assert record["command"] == "python -m drift_jax.preflight --config=c.py --topology=v5e:2x2"
+    block = readme_results.preflight_block(record, "p/r.json")
+    assert block.startswith(readme_results.PREFLIGHT_BEGIN) and block.endswith(readme_results.PREFLIGHT_END)
+    assert "```bash\npython -m drift_jax.preflight --config=c.py --topology=v5e:2x2\n```\n\n```\nstage | fits\ntrain | yes\n```" in block
+    assert f"Printed at 01234567 on AMD EPYC (2 CPU cores), in {record['seconds']} s; kept in `p/r.json`" in block
+
+    def failing(cmd, **kw):
+        return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="stage train does not fit on v5e:2x2")
+
+    with pytest.raises(RuntimeError, match="exited 1; nothing kept:\nstage train does not fit"):
+        keep_preflight.keep(str(tmp_path / "failed.json"), [], run=failing)
+    assert not (tmp_path / "failed.json").exists()
+    prov["dirty"] = True
+    with pytest.raises(RuntimeError, match="commit first"):
+        keep_preflight.keep(str(tmp_path / "dirty.json"), [], run=lambda *a, **k: pytest.fail("compiled on a dirty tree"))
