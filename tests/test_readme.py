@@ -59,8 +59,8 @@ def test_every_documented_call_exists_with_its_keywords():
 
 
 def test_generated_blocks_are_what_their_results_files_give(monkeypatch):
-    """The README's tuning, performance (and, once measured, results) blocks are regenerated from the files
-    in docs/results/, never edited by hand."""
+    """The README's results, tuning, unseen-seed, performance and example-preflight blocks are regenerated
+    from the files in docs/results/, never edited by hand."""
     from tools import readme_results
 
     monkeypatch.chdir(pathlib.Path(__file__).parents[1])  # the blocks name their sources relative to the repo
@@ -72,6 +72,10 @@ def test_generated_blocks_are_what_their_results_files_give(monkeypatch):
     # The performance table: tools/run_benchmarks.sh's records (a benchmark without one is "not measured").
     args = ([str(study)] if study.exists() else []) + [f"--tune={tune}", "--bench=docs/results/benchmarks"]
     args += [f"--unseen={unseen}"] if unseen.exists() else []
+    # The example preflight table (python tools/keep_preflight.py RECORD -- <the command in the README>).
+    preflight = pathlib.Path("docs/results/preflight/paper_qwen2_5_3b_v5e_4x8.json")
+    assert preflight.exists(), "the README's example preflight table is the kept output of tools/keep_preflight.py"
+    args += [f"--preflight={preflight}"]
     assert readme_results.main([*args, "--check"]) == 0
 
 
